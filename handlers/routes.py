@@ -1,0 +1,84 @@
+"""The Tornado application: every handler module's ``default_handlers``, then the 404s."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from tornado import web
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from handlers import api, base, health, ws
+from server.node import Node
+
+access_log = logging.getLogger("notify.access")
+
+
+def log_request(handler: web.RequestHandler) -> None:
+    """One access line per request: method, path without its query (tokens!), status, time."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    millis = 1000.0 * handler.request.request_time()
+    access_log.log(
+        level,
+        "%d %s %s %.1fms",
+        status,
+        handler.request.method,
+        handler.request.path,
+        millis,
+        extra={"request_id": getattr(handler, "request_id", None)},
+    )
+
+
+def make_app(node: Node, **extra) -> web.Application:
+    """The application serving one node's REST API, sockets and pages."""
+    s = node.settings
+    handlers = [*health.default_handlers, *api.default_handlers, *ws.default_handlers]
+    handlers.append((r".*", base.NotFoundHandler))
+    return web.Application(
+        handlers,
+        services=node,
+        log_function=log_request,
+        websocket_ping_interval=s.ping_interval,
+        websocket_ping_timeout=s.ping_timeout,
+        websocket_max_message_size=s.max_frame_bytes,
+        debug=s.debug,
+        started=time.time(),
+        **extra,
+    )
+
+
+class Running:
+    """A node serving HTTP on a port: what ``start_node`` returns and ``stop`` undoes."""
+
+    def __init__(self, node: Node, server, port: int):
+        self.node = node
+        self.server = server
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def stop(self, grace: float = 1.0) -> None:
+        """Stop accepting, close sockets with 1001, then stop the node and MongoDB."""
+        self.server.stop()
+        self.node.hub.close_all(1001, "server shutting down")
+        deadline = asyncio.get_running_loop().time() + grace
+        while self.node.hub.everyone and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        await self.server.close_all_connections()
+        await self.node.stop()
+
+
+async def start_node(settings, uri: str, watch: bool = True, sockets=None) -> Running:
+    """Build, start and serve one node; ``sockets`` (pre-bound) or ``settings.port``."""
+    node = Node.build(settings, uri, watch=watch)
+    await node.start()
+    app = make_app(node)
+    server = HTTPServer(app, max_body_size=settings.max_body_bytes * 4 + 65536, xheaders=False)
+    sockets = sockets or bind_sockets(settings.port, settings.host)
+    server.add_sockets(sockets)
+    return Running(node, server, sockets[0].getsockname()[1])

@@ -1,0 +1,59 @@
+"""Prometheus metrics of the service (prometheus-client), one registry per process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+@dataclass
+class Metrics:
+    """The service's metrics; ``METRICS`` is the process-wide instance."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.connections = Gauge("notify_connections", "open sockets on this node", registry=r)
+        self.users = Gauge("notify_users", "distinct users connected to this node", registry=r)
+        self.created = Counter(
+            "notify_notifications_created", "notifications stored", ["type"], registry=r
+        )
+        self.delivered = Counter(
+            "notify_frames_delivered", "notification frames written to sockets", registry=r
+        )
+        self.replayed = Counter(
+            "notify_replayed", "notifications replayed on reconnect", registry=r
+        )
+        self.replay_truncated = Counter(
+            "notify_replay_truncated", "reconnects that missed more than the limit", registry=r
+        )
+        self.duplicates_dropped = Counter(
+            "notify_bus_duplicates", "events this node had already dispatched", registry=r
+        )
+        self.gap_fills = Counter(
+            "notify_bus_gap_fills", "events fetched from MongoDB to fill a gap", registry=r
+        )
+        self.bus_restarts = Counter(
+            "notify_bus_restarts", "change stream restarts", ["how"], registry=r
+        )
+        self.bus_lag = Histogram(
+            "notify_bus_lag_seconds",
+            "from a notification's creation to its dispatch on this node",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.storage_errors = Counter(
+            "notify_storage_errors", "MongoDB operations that failed", registry=r
+        )
+        self.rate_limited = Counter(
+            "notify_rate_limited", "requests or frames refused by a rate limit", ["kind"],
+            registry=r,
+        )
+        self.slow_readers = Counter(
+            "notify_slow_readers_dropped", "sockets closed for a full send buffer", registry=r
+        )
+
+
+METRICS = Metrics()

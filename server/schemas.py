@@ -1,0 +1,286 @@
+"""marshmallow schemas: the single definition of every payload the service accepts."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC
+from typing import Any
+
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
+
+from server.timeutil import iso
+
+TYPES = ("appointment", "lab_result", "ai_analysis", "system_alert", "custom")
+PRIORITIES = ("low", "normal", "high", "critical")
+APPOINTMENT_STATUSES = ("confirmed", "cancelled", "rescheduled", "reminder")
+SCOPES = ("notify", "broadcast", "tokens", "read", "admin")
+MAX_RECIPIENTS = 1000
+MAX_DATA_BYTES = {"custom": 16384, "system_alert": 4096}
+MAX_DATA_DEPTH = 8
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}$"
+ID_RE = re.compile(ID_PATTERN)
+ROLE_PATTERN = r"^[a-z][a-z0-9_\-]{0,31}$"
+CURSOR_PATTERN = r"^[0-9]{1,18}$"
+FEED_TOKEN_PATTERN = r"^(?:[cn]\.)?[0-9]{1,18}$"
+
+DEFAULT_TITLES = {
+    "lab_result": "Lab results ready",
+    "ai_analysis": "AI analysis complete",
+    "system_alert": "System alert",
+}
+
+
+def Id(**kw: Any) -> fields.String:
+    """A user, notification or object id: a short printable string."""
+    return fields.String(validate=validate.Regexp(ID_PATTERN, error="not a valid id"), **kw)
+
+
+def Role(**kw: Any) -> fields.String:
+    """A role name such as ``patient`` or ``staff``."""
+    return fields.String(validate=validate.Regexp(ROLE_PATTERN, error="not a valid role"), **kw)
+
+
+class Strict(Schema):
+    """Base schema: unknown fields are an error, never silently kept."""
+
+    class Meta:
+        unknown = RAISE
+
+
+def check_json_object(value: dict, limit: int | None) -> None:
+    """Refuse operator keys, deep nesting and oversized objects in free-form ``data``."""
+
+    def walk(node: Any, depth: int) -> None:
+        if depth > MAX_DATA_DEPTH:
+            raise ValidationError(f"nested deeper than {MAX_DATA_DEPTH} levels")
+        if isinstance(node, dict):
+            for key, child in node.items():
+                if not isinstance(key, str) or not key or key.startswith("$") or "\x00" in key:
+                    raise ValidationError(f"key {key!r} is not allowed")
+                walk(child, depth + 1)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child, depth + 1)
+
+    walk(value, 0)
+    if limit is not None and len(json.dumps(value, separators=(",", ":"))) > limit:
+        raise ValidationError(f"larger than {limit} bytes")
+
+
+class AppointmentData(Strict):
+    appointment_id = Id(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(APPOINTMENT_STATUSES))
+    starts_at = fields.AwareDateTime(format="iso")
+
+
+class LabResultData(Strict):
+    lab_result_id = Id(required=True)
+    test_name = fields.String(validate=validate.Length(1, 200))
+
+
+class AiAnalysisData(Strict):
+    analysis_id = Id(required=True)
+    analysis_type = fields.String(required=True, validate=validate.Length(1, 100))
+
+
+DATA_SCHEMAS: dict[str, type[Schema]] = {
+    "appointment": AppointmentData,
+    "lab_result": LabResultData,
+    "ai_analysis": AiAnalysisData,
+}
+
+
+def load_data(kind: str, data: dict) -> dict:
+    """Validate ``data`` for a notification type; returns it JSON-ready."""
+    schema = DATA_SCHEMAS.get(kind)
+    if schema is None:
+        check_json_object(data, MAX_DATA_BYTES.get(kind))
+        return data
+    loaded = schema().load(data)
+    if loaded.get("starts_at") is not None:
+        loaded["starts_at"] = iso(loaded["starts_at"].astimezone(UTC))
+    return loaded
+
+
+def default_title(kind: str, data: dict) -> str | None:
+    """The contract's default title for a type, or None where a title is required."""
+    if kind == "appointment":
+        return f"Appointment {data['status']}"
+    return DEFAULT_TITLES.get(kind)
+
+
+class _Content(Strict):
+    """Fields shared by notifications and broadcasts."""
+
+    type = fields.String(load_default="custom", validate=validate.OneOf(TYPES))
+    priority = fields.String(load_default="normal", validate=validate.OneOf(PRIORITIES))
+    title = fields.String(validate=validate.Length(1, 200))
+    message = fields.String(load_default="", validate=validate.Length(0, 5000))
+    data = fields.Dict(keys=fields.String(), load_default=dict)
+    deliver_at = fields.AwareDateTime(format="iso", allow_none=True, load_default=None)
+    expires_at = fields.AwareDateTime(format="iso", allow_none=True, load_default=None)
+
+    @validates_schema(skip_on_field_errors=True)
+    def _content(self, item: dict, **_: Any) -> None:
+        try:
+            item["data"] = load_data(item["type"], item["data"])
+        except ValidationError as err:
+            raise ValidationError({"data": err.messages}) from None
+        if not item.get("title"):
+            title = default_title(item["type"], item["data"])
+            if title is None:
+                raise ValidationError({"title": ["Missing data for required field."]})
+            item["title"] = title
+        start = item.get("deliver_at")
+        end = item.get("expires_at")
+        if start and end and end <= start:
+            raise ValidationError({"expires_at": ["must be after deliver_at"]})
+
+    @post_load
+    def _utc(self, item: dict, **_: Any) -> dict:
+        for key in ("deliver_at", "expires_at"):
+            if item.get(key) is not None:
+                item[key] = item[key].astimezone(UTC)
+        return item
+
+
+class NotificationIn(_Content):
+    """``POST /v1/notifications``: one user (``user_id``) or many (``user_ids``)."""
+
+    type = fields.String(required=True, validate=validate.OneOf(TYPES))
+    user_id = Id()
+    user_ids = fields.List(
+        Id(), validate=validate.Length(1, MAX_RECIPIENTS, error="between 1 and 1000 ids")
+    )
+
+    @validates_schema
+    def _recipients(self, item: dict, **_: Any) -> None:
+        if ("user_id" in item) == ("user_ids" in item):
+            raise ValidationError("give exactly one of user_id or user_ids", "user_id")
+
+
+class BroadcastIn(_Content):
+    """``POST /v1/broadcasts``: everyone (``all``) or one role."""
+
+    type = fields.String(load_default="system_alert", validate=validate.OneOf(TYPES))
+    audience = fields.String(
+        required=True,
+        validate=validate.Regexp(r"^(all|[a-z][a-z0-9_\-]{0,31})$", error="all or a role"),
+    )
+    title = fields.String(required=True, validate=validate.Length(1, 200))
+    message = fields.String(required=True, validate=validate.Length(1, 5000))
+
+
+class TestNotificationIn(Strict):
+    """``POST /v1/ws/test-notification`` (kept from the earlier system)."""
+
+    user_id = Id(required=True)
+    title = fields.String(required=True, validate=validate.Length(1, 200))
+    message = fields.String(required=True, validate=validate.Length(1, 5000))
+
+
+class TokenIn(Strict):
+    """``POST /v1/tokens``."""
+
+    user_id = Id(required=True)
+    roles = fields.List(Role(), load_default=list, validate=validate.Length(0, 20))
+    ttl_seconds = fields.Integer(strict=True, validate=validate.Range(30, 30 * 86400))
+
+
+class FeedQuery(Strict):
+    """Query of ``GET /v1/users/{user_id}/notifications``."""
+
+    unread = fields.Boolean(load_default=False)
+    type = fields.String(validate=validate.OneOf(TYPES))
+    limit = fields.Integer(load_default=50, validate=validate.Range(1, 200))
+    before = fields.String(validate=validate.Regexp(FEED_TOKEN_PATTERN, error="not a cursor"))
+
+
+class PresenceQuery(Strict):
+    """Query of ``GET /v1/presence``."""
+
+    user_ids = fields.String(required=True, validate=validate.Length(1, 20000))
+
+    @post_load
+    def _split(self, item: dict, **_: Any) -> dict:
+        ids = [part for part in item["user_ids"].split(",") if part]
+        errors = [i for i in ids if not ID_RE.match(i)]
+        if errors or not 1 <= len(ids) <= 500:
+            raise ValidationError({"user_ids": ["1 to 500 comma-separated ids"]})
+        item["user_ids"] = list(dict.fromkeys(ids))
+        return item
+
+
+class SocketQuery(Strict):
+    """Query of the socket URL."""
+
+    token = fields.String(validate=validate.Length(1, 4096))
+    since = fields.String(validate=validate.Regexp(CURSOR_PATTERN, error="not a cursor"))
+    user_id = Id()
+
+
+class ApiKeyIn(Strict):
+    """A new API key (command line or dashboard)."""
+
+    name = fields.String(required=True, validate=validate.Length(1, 100))
+    scopes = fields.List(
+        fields.String(validate=validate.OneOf(SCOPES)), required=True, validate=validate.Length(1)
+    )
+
+
+# Client frames on the socket: one schema per frame type.
+class AckFrame(Strict):
+    type = fields.Constant("ack")
+    id = Id(required=True)
+
+
+class ReadFrame(Strict):
+    type = fields.Constant("read")
+    id = Id(required=True)
+
+
+class BareFrame(Strict):
+    type = fields.String(required=True)
+
+
+class AuthFrame(Strict):
+    type = fields.Constant("auth")
+    token = fields.String(required=True, validate=validate.Length(1, 4096))
+
+
+FRAME_SCHEMAS: dict[str, Schema] = {
+    "ack": AckFrame(),
+    "read": ReadFrame(),
+    "read_all": BareFrame(),
+    "ping": BareFrame(),
+    "auth": AuthFrame(),
+}
+
+
+def load_frame(raw: str | bytes) -> dict:
+    """Parse and validate one client frame; raises ValidationError with field messages."""
+    if isinstance(raw, bytes):
+        raise ValidationError({"_frame": ["binary frames are not accepted"]})
+    try:
+        frame = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ValidationError({"_frame": ["not JSON"]}) from None
+    if not isinstance(frame, dict):
+        raise ValidationError({"_frame": ["must be a JSON object"]})
+    kind = frame.get("type")
+    schema = FRAME_SCHEMAS.get(kind) if isinstance(kind, str) else None
+    if schema is None:
+        raise ValidationError({"type": [f"must be one of {sorted(FRAME_SCHEMAS)}"]})
+    loaded = schema.load(frame)
+    loaded["type"] = kind
+    return loaded

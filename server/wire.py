@@ -1,0 +1,33 @@
+"""WebSocket framing done once per message, so one notification costs one encode for all.
+
+A server-to-client text frame is the same bytes for every socket (servers never mask), so
+the hub frames a notification once and hands those bytes to each connection's stream.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """The compact UTF-8 JSON of a frame's payload."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, final, uncompressed text frame carrying ``payload`` (RFC 6455 5.2)."""
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x81, size)
+    elif size <= 0xFFFF:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + payload
+
+
+def frame(message: dict[str, Any]) -> bytes:
+    """Encode and frame a message in one step."""
+    return text_frame(encode(message))

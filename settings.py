@@ -1,0 +1,104 @@
+"""Every setting of the service, declared once: name, type, default and one line of help.
+
+Values come from the environment (``NOTIFY_<NAME>``, plus ``MONGODB_URI``) when
+``Settings.from_env()`` is called; nothing is read at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def setting(default: Any, help: str, env: str | None = None) -> Any:
+    """Declare one setting with its default, its help line and (optionally) its variable."""
+    return field(default=default, metadata={"help": help, "env": env})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration; build it with ``Settings.from_env()``."""
+
+    env: str = setting("development", "development or production (production demands a secret)")
+    host: str = setting("127.0.0.1", "address to listen on")
+    port: int = setting(7556, "HTTP and WebSocket port")
+    node_id: str = setting("", "this node's id, distinct per node (default: host-port)")
+    mongodb_uri: str = setting("", "MongoDB URI; empty starts the embedded server", "MONGODB_URI")
+    mongodb_db: str = setting("notify", "database name")
+    data_dir: str = setting("./data", "folder of the embedded database and the dev token secret")
+    mongodb_timeout_ms: int = setting(3000, "server selection and socket timeout for MongoDB")
+    token_secret: str = setting("", "HS256 secret of connection tokens (required in production)")
+    token_ttl_seconds: int = setting(3600, "default lifetime of a minted connection token")
+    token_max_ttl_seconds: int = setting(86400, "longest lifetime POST /v1/tokens will mint")
+    allowed_origins: str = setting("", "comma-separated Origins allowed on sockets; empty: same host")
+    ping_interval: float = setting(20.0, "seconds between WebSocket pings")
+    ping_timeout: float = setting(30.0, "seconds without a pong before a socket is dropped")
+    auth_timeout: float = setting(10.0, "seconds a socket may take to send its auth frame")
+    max_frame_bytes: int = setting(65536, "largest client frame; larger closes with 1009")
+    max_body_bytes: int = setting(1048576, "largest REST request body; larger is a 413")
+    max_connections: int = setting(18000, "socket cap for this node; past it, close 1013")
+    max_connections_per_user: int = setting(20, "socket cap per user on this node")
+    send_buffer_bytes: int = setting(1048576, "per-socket unsent bytes before a slow reader is dropped")
+    replay_limit: int = setting(500, "most notifications replayed on reconnect")
+    feed_page_max: int = setting(200, "largest page of the REST feed")
+    max_recipients: int = setting(1000, "most user_ids in one POST /v1/notifications")
+    retention_days: int = setting(90, "days a notification is kept (TTL index) after it expires")
+    api_key_cache_seconds: float = setting(5.0, "how long a node trusts a looked-up API key")
+    metrics_public: bool = setting(True, "serve /metrics without credentials")
+    log_level: str = setting("INFO", "log level")
+    debug: bool = setting(False, "Tornado debug mode (never in production)")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every setting from the environment, then apply explicit overrides."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = f.metadata.get("env") or f"NOTIFY_{f.name.upper()}"
+            if name in environ:
+                values[f.name] = _parse(f.type, environ[name], name)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @property
+    def production(self) -> bool:
+        """True when running in production mode."""
+        return self.env == "production"
+
+    @property
+    def origins(self) -> frozenset[str]:
+        """The allow-list of socket Origins."""
+        return frozenset(o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip())
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with some settings changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(kind: str, raw: str, name: str) -> Any:
+    kind = kind.split("|")[0].strip()
+    try:
+        if kind == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        return raw
+    except ValueError:
+        raise SystemExit(f"setting {name}: cannot read {raw!r} as {kind}") from None
+
+
+def describe() -> list[tuple[str, str, Any, str]]:
+    """(variable, type, default, help) of every setting, for the README and --help."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        name = f.metadata.get("env") or f"NOTIFY_{f.name.upper()}"
+        rows.append((name, str(f.type), f.default, f.metadata["help"]))
+    return rows

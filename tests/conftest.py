@@ -1,0 +1,69 @@
+"""Fixtures: a real MongoDB wire-protocol server and real nodes on real sockets.
+
+- ``mongo_uri`` (session): ``MONGODB_URI`` if set, else the embedded server (nx-27017)
+  started once on a free port with its data in a temporary folder.
+- ``db_name``: a fresh database name per test, so tests never see each other's data.
+- ``settings``: node settings for that database (fixed token secret, free port).
+- ``node``: one running node (``Running``: ``.url``, ``.node``, ``.stop()``).
+- ``api_key``: an API key with every scope; ``api``: an ``Api`` client using it.
+- ``second_node``: another node on the same database (for cross-node tests).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+import pytest_asyncio
+
+from server.embedded import EmbeddedMongo
+from tests.support import Api, serve_node, test_settings
+
+ALL_SCOPES = ["notify", "broadcast", "tokens", "read", "admin"]
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_path_factory):
+    uri = os.environ.get("MONGODB_URI")
+    if uri:
+        yield uri
+        return
+    embedded = EmbeddedMongo(tmp_path_factory.mktemp("embedded-db"))
+    yield embedded.start()
+    embedded.stop()
+
+
+@pytest.fixture
+def db_name():
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def settings(db_name, tmp_path):
+    return test_settings(db_name, data_dir=str(tmp_path))
+
+
+@pytest_asyncio.fixture
+async def node(settings, mongo_uri):
+    running = await serve_node(settings, mongo_uri)
+    yield running
+    await running.stop()
+
+
+@pytest_asyncio.fixture
+async def second_node(settings, mongo_uri):
+    running = await serve_node(settings.with_(node_id="second"), mongo_uri)
+    yield running
+    await running.stop()
+
+
+@pytest_asyncio.fixture
+async def api_key(node):
+    key, _ = await node.node.api_keys.create("tests", ALL_SCOPES)
+    return key
+
+
+@pytest_asyncio.fixture
+async def api(node, api_key):
+    return Api(node.url, api_key)
