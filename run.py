@@ -1,8 +1,8 @@
 """Start the notification service, or run one of its commands.
 
-    python run.py                      serve on port 7556 (embedded database without MONGODB_URI)
-    python run.py create-api-key --name NAME --scopes notify,read
-    python run.py --help
+python run.py                      serve on port 7556 (embedded database without MONGODB_URI)
+python run.py create-api-key --name NAME --scopes notify,read
+python run.py --help
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def announce(settings: Settings, port: int) -> None:
         f"First steps:\n"
         f"  python run.py create-api-key --name integrator --scopes notify,broadcast,tokens,read\n"
         f"  curl -X POST {base}/v1/tokens -H 'Authorization: Bearer <key>' "
-        f"-d '{{\"user_id\": \"p-1001\", \"roles\": [\"patient\"]}}'\n",
+        f'-d \'{{"user_id": "p-1001", "roles": ["patient"]}}\'\n',
         flush=True,
     )
 

@@ -32,7 +32,9 @@ class Settings:
     token_secret: str = setting("", "HS256 secret of connection tokens (required in production)")
     token_ttl_seconds: int = setting(3600, "default lifetime of a minted connection token")
     token_max_ttl_seconds: int = setting(86400, "longest lifetime POST /v1/tokens will mint")
-    allowed_origins: str = setting("", "comma-separated Origins allowed on sockets; empty: same host")
+    allowed_origins: str = setting(
+        "", "comma-separated Origins allowed on sockets; empty: same host"
+    )
     ping_interval: float = setting(20.0, "seconds between WebSocket pings")
     ping_timeout: float = setting(30.0, "seconds without a pong before a socket is dropped")
     auth_timeout: float = setting(10.0, "seconds a socket may take to send its auth frame")
@@ -40,7 +42,9 @@ class Settings:
     max_body_bytes: int = setting(1048576, "largest REST request body; larger is a 413")
     max_connections: int = setting(18000, "socket cap for this node; past it, close 1013")
     max_connections_per_user: int = setting(20, "socket cap per user on this node")
-    send_buffer_bytes: int = setting(1048576, "per-socket unsent bytes before a slow reader is dropped")
+    send_buffer_bytes: int = setting(
+        1048576, "per-socket unsent bytes before a slow reader is dropped"
+    )
     replay_limit: int = setting(500, "most notifications replayed on reconnect")
     feed_page_max: int = setting(200, "largest page of the REST feed")
     max_recipients: int = setting(1000, "most user_ids in one POST /v1/notifications")
@@ -70,7 +74,9 @@ class Settings:
     @property
     def origins(self) -> frozenset[str]:
         """The allow-list of socket Origins."""
-        return frozenset(o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip())
+        return frozenset(
+            o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()
+        )
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with some settings changed."""

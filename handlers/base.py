@@ -10,10 +10,10 @@ from marshmallow import Schema, ValidationError
 from pymongo.errors import PyMongoError
 from tornado import web
 
-from server.node import Node
 from server.auth import Principal, looks_like_token
 from server.errors import ServiceError, StorageUnavailable, TooLarge, Unauthorized, ValidationFailed
 from server.metrics import METRICS
+from server.node import Node
 
 log = logging.getLogger("notify.api")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -66,9 +67,8 @@ class Running:
         """Stop accepting, close sockets with 1001, then stop the node and MongoDB."""
         self.server.stop()
         self.node.hub.close_all(1001, "server shutting down")
-        deadline = asyncio.get_running_loop().time() + grace
-        while self.node.hub.everyone and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.02)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.node.hub.emptied(), grace)
         await self.server.close_all_connections()
         await self.node.stop()
 

@@ -71,7 +71,9 @@ class NotificationSocket(websocket.WebSocketHandler):
         origin = self.request.headers.get("Origin")
         if origin is not None and not self.check_origin(origin):
             return self._refuse(403, "forbidden", "this Origin is not allowed")
-        args_in = {k: v[-1].decode("utf-8", "replace") for k, v in self.request.query_arguments.items()}
+        args_in = {
+            k: v[-1].decode("utf-8", "replace") for k, v in self.request.query_arguments.items()
+        }
         try:
             self.query_in = schemas.SocketQuery().load(args_in)
         except ValidationError as err:
@@ -122,7 +124,9 @@ class NotificationSocket(websocket.WebSocketHandler):
         roles = self.subscription.roles
         since = self.query_in.get("since")
         try:
-            await node.store.remember_user(principal.id, list(roles), self.subscription.info["connected_at"])
+            await node.store.remember_user(
+                principal.id, list(roles), self.subscription.info["connected_at"]
+            )
             unread = await node.notifications.unread_count(principal.id, roles)
             replay = None
             if since is not None:

@@ -94,6 +94,7 @@ class Hub:
         self.everyone: set[Subscription] = set()
         self.seq = 0
         self._lock = asyncio.Lock()
+        self._empty = asyncio.Event()
 
     # ---- membership ----------------------------------------------------------------------
 
@@ -109,6 +110,7 @@ class Hub:
         sub = Subscription(conn, user_id, tuple(dict.fromkeys(roles)), info or {})
         sub.info.setdefault("connected_at", utcnow())
         self.everyone.add(sub)
+        self._empty.clear()
         self.by_user.setdefault(user_id, set()).add(sub)
         for role in sub.roles:
             self.by_role.setdefault(role, set()).add(sub)
@@ -122,6 +124,8 @@ class Hub:
         for role in sub.roles:
             _discard(self.by_role, role, sub)
         METRICS.connections.set(len(self.everyone))
+        if not self.everyone:
+            self._empty.set()
 
     def user_subscriptions(self, user_id: str) -> set[Subscription]:
         """The sockets of one user on this node."""
@@ -203,6 +207,12 @@ class Hub:
             for data in frames:
                 sub.conn.send_frame(data)
         return len(subs)
+
+    async def emptied(self) -> None:
+        """Wait until no socket is left."""
+        if self.everyone:
+            self._empty.clear()
+            await self._empty.wait()
 
     def close_all(self, code: int, reason: str) -> None:
         """Close every socket (shutdown)."""

@@ -48,7 +48,9 @@ class Metrics:
             "notify_storage_errors", "MongoDB operations that failed", registry=r
         )
         self.rate_limited = Counter(
-            "notify_rate_limited", "requests or frames refused by a rate limit", ["kind"],
+            "notify_rate_limited",
+            "requests or frames refused by a rate limit",
+            ["kind"],
             registry=r,
         )
         self.slow_readers = Counter(

@@ -166,7 +166,9 @@ class Notifications:
         now = utcnow()
         if doc.get("audience") is not None:
             changed = await self.store.mark_broadcasts_read(user_id, [doc["_id"]], now) > 0
-            read_at = now if changed else (await self.store.read_map(user_id, [doc["_id"]]))[doc["_id"]]
+            read_at = (
+                now if changed else (await self.store.read_map(user_id, [doc["_id"]]))[doc["_id"]]
+            )
         else:
             changed = await self.store.mark_read(user_id, doc["_id"], now)
             read_at = doc.get("read_at") or now
@@ -199,9 +201,7 @@ class Notifications:
 
     async def _announce_read(self, user_id: str, roles: tuple[str, ...], ids: list[str]) -> None:
         count = await self.unread_count(user_id, roles)
-        await self.publish_event(
-            {"kind": "read", "user_id": user_id, "ids": ids, "count": count}
-        )
+        await self.publish_event({"kind": "read", "user_id": user_id, "ids": ids, "count": count})
 
     # ---- replay ------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}$"
 ID_RE = re.compile(ID_PATTERN)
 ROLE_PATTERN = r"^[a-z][a-z0-9_\-]{0,31}$"
 CURSOR_PATTERN = r"^[0-9]{1,18}$"
-FEED_TOKEN_PATTERN = r"^(?:[cn]\.)?[0-9]{1,18}$"
+FEED_PAGE_PATTERN = r"^(?:[cn]\.)?[0-9]{1,18}$"
 
 DEFAULT_TITLES = {
     "lab_result": "Lab results ready",
@@ -203,7 +203,7 @@ class FeedQuery(Strict):
     unread = fields.Boolean(load_default=False)
     type = fields.String(validate=validate.OneOf(TYPES))
     limit = fields.Integer(load_default=50, validate=validate.Range(1, 200))
-    before = fields.String(validate=validate.Regexp(FEED_TOKEN_PATTERN, error="not a cursor"))
+    before = fields.String(validate=validate.Regexp(FEED_PAGE_PATTERN, error="not a cursor"))
 
 
 class PresenceQuery(Strict):

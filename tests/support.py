@@ -120,9 +120,7 @@ class Socket:
         self.frames: list[dict] = []
 
     @classmethod
-    async def open(
-        cls, base_url: str, token: str | None = None, **query: Any
-    ) -> Socket:
+    async def open(cls, base_url: str, token: str | None = None, **query: Any) -> Socket:
         """Connect to the notification socket (the upgrade must succeed)."""
         params = {k: v for k, v in {"token": token, **query}.items() if v is not None}
         url = base_url.replace("http", "ws", 1) + "/v1/ws/notifications"

@@ -81,7 +81,13 @@ async def test_no_auth_frame_in_time_closes_with_policy(settings, mongo_uri):
 async def test_bad_frames_get_error_frames_and_the_socket_stays(node, api):
     sock = await Socket.open(node.url, await api.token("p-1"))
     await sock.expect("welcome")
-    for bad in ["not json", "[1]", '{"type":"nope"}', '{"type":"read"}', '{"type":"ack","id":{"$gt":""}}']:
+    for bad in [
+        "not json",
+        "[1]",
+        '{"type":"nope"}',
+        '{"type":"read"}',
+        '{"type":"ack","id":{"$gt":""}}',
+    ]:
         sock.send(bad)
         err = await sock.expect("error")
         assert err["code"] == "bad_frame" and err["message"]
@@ -104,7 +110,12 @@ def _url(node, **q):
     [
         (lambda: "garbage", 401),
         (lambda: jwt.encode({"sub": "p-1", "exp": 1}, TOKEN_SECRET, algorithm="HS256"), 401),
-        (lambda: jwt.encode({"sub": "p-1", "exp": 4102444800}, "wrong-secret-xxxxxxxxxx", algorithm="HS256"), 401),
+        (
+            lambda: jwt.encode(
+                {"sub": "p-1", "exp": 4102444800}, "wrong-secret-xxxxxxxxxx", algorithm="HS256"
+            ),
+            401,
+        ),
         (lambda: jwt.encode({"sub": "p-1", "exp": 4102444800}, None, algorithm="none"), 401),
         (lambda: jwt.encode({"exp": 4102444800}, TOKEN_SECRET, algorithm="HS256"), 401),
     ],
@@ -128,7 +139,9 @@ async def test_user_id_parameter_must_match_the_token(node, api):
 async def test_disallowed_origin_is_refused(node, api):
     from tornado.httpclient import HTTPRequest
 
-    req = HTTPRequest(_url(node, token=await api.token("p-1")), headers={"Origin": "https://evil.example"})
+    req = HTTPRequest(
+        _url(node, token=await api.token("p-1")), headers={"Origin": "https://evil.example"}
+    )
     with pytest.raises(HTTPClientError) as info:
         await websocket_connect(req)
     assert info.value.code == 403
@@ -174,7 +187,9 @@ async def test_replay_beyond_the_limit_is_not_recovered(settings, mongo_uri):
 async def test_connection_caps_close_with_1013(settings, mongo_uri):
     from tests.support import Api, serve_node
 
-    running = await serve_node(settings.with_(max_connections_per_user=2, max_connections=3), mongo_uri)
+    running = await serve_node(
+        settings.with_(max_connections_per_user=2, max_connections=3), mongo_uri
+    )
     try:
         key, _ = await running.node.api_keys.create("t", ["tokens"])
         api = Api(running.url, key)
