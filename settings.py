@@ -49,6 +49,7 @@ class Settings:
     feed_page_max: int = setting(200, "largest page of the REST feed")
     max_recipients: int = setting(1000, "most user_ids in one POST /v1/notifications")
     retention_days: int = setting(90, "days a notification is kept (TTL index) after it expires")
+    audit_retention_days: int = setting(365, "days audit entries are kept (TTL index)")
     api_key_cache_seconds: float = setting(5.0, "how long a node trusts a looked-up API key")
     metrics_public: bool = setting(True, "serve /metrics without credentials")
     log_level: str = setting("INFO", "log level")

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 
 from tornado import web
 from tornado.httpserver import HTTPServer
@@ -15,6 +16,7 @@ from handlers import api, base, health, ws
 from server.node import Node
 
 access_log = logging.getLogger("notify.access")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def log_request(handler: web.RequestHandler) -> None:
@@ -42,6 +44,8 @@ def make_app(node: Node, **extra) -> web.Application:
         handlers,
         services=node,
         log_function=log_request,
+        static_path=str(ROOT / "static"),
+        template_path=str(ROOT / "templates"),
         websocket_ping_interval=s.ping_interval,
         websocket_ping_timeout=s.ping_timeout,
         websocket_max_message_size=s.max_frame_bytes,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pymongo import AsyncMongoClient
 
+from server.audit import Audit
 from server.auth import ApiKeys, Tokens
 from server.bus import Bus
 from server.hub import Hub
@@ -53,6 +54,7 @@ class Node:
     tokens: Tokens
     api_keys: ApiKeys
     node_id: str
+    audit: Audit
     started_at: datetime = field(default_factory=utcnow)
 
     @classmethod
@@ -82,13 +84,25 @@ class Node:
             token_secret(settings), settings.token_ttl_seconds, settings.token_max_ttl_seconds
         )
         api_keys = ApiKeys(store, settings.api_key_cache_seconds)
+        audit = Audit(store.db, settings.audit_retention_days)
         return cls(
-            settings, client, store, hub, sequencer, bus, notifications, tokens, api_keys, node_id
+            settings,
+            client,
+            store,
+            hub,
+            sequencer,
+            bus,
+            notifications,
+            tokens,
+            api_keys,
+            node_id,
+            audit,
         )
 
     async def start(self) -> None:
         """Create indexes, find the feed's position, start the writer and the bus."""
         await self.store.create_indexes()
+        await self.audit.create_indexes()
         self.hub.seq = await self.store.high_seq()
         self.sequencer.start()
         self.bus.start()
