@@ -23,12 +23,15 @@ log = logging.getLogger("notify")
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(description="Clinic notification service")
-    parser.add_argument("--port", type=int, help="port (default 7556, or NOTIFY_PORT)")
-    parser.add_argument("--host", help="address (default 127.0.0.1, or NOTIFY_HOST)")
-    parser.add_argument("--data-dir", help="embedded database folder (default ./data)")
+    # SUPPRESS: an option given before the command is not reset by the command's parser.
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument("--port", type=int, help="port (default 7556, or NOTIFY_PORT)")
+    common.add_argument("--host", help="address (default 127.0.0.1, or NOTIFY_HOST)")
+    common.add_argument("--data-dir", help="embedded database folder (default ./data)")
+    parser = argparse.ArgumentParser(description="Clinic notification service", parents=[common])
     sub = parser.add_subparsers(dest="command")
-    cli.add_commands(sub)
+    # The common options may also follow the command: `run.py create-api-key --data-dir D`.
+    cli.add_commands(sub, common)
     return parser.parse_args(argv)
 
 
@@ -75,7 +78,11 @@ def announce(settings: Settings, port: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    settings = Settings.from_env(port=args.port, host=args.host, data_dir=args.data_dir)
+    settings = Settings.from_env(
+        port=getattr(args, "port", None),
+        host=getattr(args, "host", None),
+        data_dir=getattr(args, "data_dir", None),
+    )
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )

@@ -58,13 +58,17 @@ async def revoke_api_key(settings: Settings, key_id: str) -> dict | None:
         return api_key(record) if record else None
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """The key commands of ``run.py``."""
-    create = sub.add_parser("create-api-key", help="create an API key and print it")
+    create = sub.add_parser(
+        "create-api-key", help="create an API key and print it", parents=[common]
+    )
     create.add_argument("--name", required=True)
     create.add_argument("--scopes", required=True, help="comma-separated: notify,read,...")
-    sub.add_parser("list-api-keys", help="list API keys (never the keys themselves)")
-    revoke = sub.add_parser("revoke-api-key", help="revoke an API key by id")
+    sub.add_parser(
+        "list-api-keys", help="list API keys (never the keys themselves)", parents=[common]
+    )
+    revoke = sub.add_parser("revoke-api-key", help="revoke an API key by id", parents=[common])
     revoke.add_argument("key_id")
 
 

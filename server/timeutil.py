@@ -11,8 +11,21 @@ def utcnow() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
-def iso(value: datetime | None) -> str | None:
+def as_datetime(value: datetime | str | None) -> datetime | None:
+    """A stored time as an aware UTC datetime.
+
+    The embedded server keeps a datetime written by ``$set`` on an existing document as the
+    text ``YYYY-MM-DD HH:MM:SS.ffffff`` (UTC); a real MongoDB keeps a date. Both read back
+    the same through here. Fields that queries compare by range are kept as numbers instead.
+    """
+    if value is None or isinstance(value, datetime):
+        return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+def iso(value: datetime | str | None) -> str | None:
     """ISO 8601 with a Z, or None."""
+    value = as_datetime(value)
     if value is None:
         return None
     if value.tzinfo is None:
