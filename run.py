@@ -2,6 +2,8 @@
 
 python run.py                      serve on port 7556 (embedded database without MONGODB_URI)
 python run.py create-api-key --name NAME --scopes notify,read
+python run.py create-staff --username U --role staff   (password from the terminal or stdin)
+python run.py --nodes 3            three local nodes on ports 7556-7558, one database
 python run.py --help
 """
 
@@ -14,8 +16,9 @@ import signal
 import sys
 
 from handlers.routes import start_node
-from server import cli
+from server import cli, logs
 from server.embedded import EmbeddedMongo
+from server.local_cluster import run_local_cluster
 from settings import Settings
 
 log = logging.getLogger("notify")
@@ -29,6 +32,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     common.add_argument("--host", help="address (default 127.0.0.1, or NOTIFY_HOST)")
     common.add_argument("--data-dir", help="embedded database folder (default ./data)")
     parser = argparse.ArgumentParser(description="Clinic notification service", parents=[common])
+    parser.add_argument(
+        "--nodes", type=int, default=1, help="start N local nodes on consecutive ports"
+    )
     sub = parser.add_subparsers(dest="command")
     # The common options may also follow the command: `run.py create-api-key --data-dir D`.
     cli.add_commands(sub, common)
@@ -50,6 +56,10 @@ async def serve(settings: Settings) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         announce(settings, running.port)
+        # First start with no dashboard account: create "admin" and show its password once.
+        password = await running.node.dashboard.staff.ensure_first_admin()
+        if password is not None:
+            announce_first_admin(password)
         await stop.wait()
         log.info("shutting down")
         await running.stop()
@@ -67,10 +77,23 @@ def announce(settings: Settings, port: int) -> None:
         f"  REST API     {base}/v1/   (OpenAPI: {base}/v1/openapi.json)\n"
         f"  WebSocket    ws://{settings.host}:{port}/v1/ws/notifications?token=...\n"
         f"  Health       {base}/healthz  {base}/readyz  {base}/metrics\n"
+        f"  Dashboard    {base}/dashboard\n"
         f"First steps:\n"
         f"  python run.py create-api-key --name integrator --scopes notify,broadcast,tokens,read\n"
         f"  curl -X POST {base}/v1/tokens -H 'Authorization: Bearer <key>' "
         f'-d \'{{"user_id": "p-1001", "roles": ["patient"]}}\'\n',
+        flush=True,
+    )
+
+
+def announce_first_admin(password: str) -> None:
+    """Print the first dashboard account's password, this once (it is stored only hashed)."""
+    print(
+        f"First start: created the dashboard account (shown only this once)\n"
+        f"  username     admin\n"
+        f"  password     {password}\n"
+        f"  Change it after logging in (Your account), or set a new one with\n"
+        f"  python run.py create-staff --username admin --role admin --reset\n",
         flush=True,
     )
 
@@ -83,11 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         host=getattr(args, "host", None),
         data_dir=getattr(args, "data_dir", None),
     )
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logs.setup(settings.log_level, settings.log_format)
     if args.command:
         return cli.run_command(args, settings)
+    if args.nodes > 1:
+        return run_local_cluster(settings, args.nodes)
     return asyncio.run(serve(settings))
 
 

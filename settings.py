@@ -25,6 +25,16 @@ class Settings:
     host: str = setting("127.0.0.1", "address to listen on")
     port: int = setting(7556, "HTTP and WebSocket port")
     node_id: str = setting("", "this node's id, distinct per node (default: host-port)")
+    heartbeat_seconds: float = setting(5.0, "seconds between a node's heartbeats in MongoDB")
+    node_timeout_seconds: float = setting(
+        15.0, "a node silent this long is dead: its users stop counting as online"
+    )
+    direct_delivery: bool = setting(
+        True, "deliver this node's own notifications in-process, not only via the change stream"
+    )
+    bus_poll_seconds: float = setting(
+        0.025, "pause after an empty change-stream poll answered at once (the embedded server)"
+    )
     mongodb_uri: str = setting("", "MongoDB URI; empty starts the embedded server", "MONGODB_URI")
     mongodb_db: str = setting("notify", "database name")
     data_dir: str = setting("./data", "folder of the embedded database and the dev token secret")
@@ -46,12 +56,46 @@ class Settings:
         1048576, "per-socket unsent bytes before a slow reader is dropped"
     )
     replay_limit: int = setting(500, "most notifications replayed on reconnect")
-    feed_page_max: int = setting(200, "largest page of the REST feed")
-    max_recipients: int = setting(1000, "most user_ids in one POST /v1/notifications")
     retention_days: int = setting(90, "days a notification is kept (TTL index) after it expires")
     audit_retention_days: int = setting(365, "days audit entries are kept (TTL index)")
+    critical_ack_seconds: int = setting(
+        300, "seconds before a critical notification no device acknowledged is flagged"
+    )
+    schedule_poll_seconds: float = setting(
+        1.0, "longest a node sleeps before looking for due scheduled notifications"
+    )
+    schedule_lease_seconds: float = setting(
+        30.0, "how long a node's claim on due scheduled notifications lasts if it dies"
+    )
     api_key_cache_seconds: float = setting(5.0, "how long a node trusts a looked-up API key")
     metrics_public: bool = setting(True, "serve /metrics without credentials")
+    # Rate limits: tokens per second and burst per bucket; a rate of 0 turns a limit off.
+    # The defaults let the benchmarks (thousands of sockets from 127.0.0.1) through.
+    rate_rest_key: float = setting(5000.0, "REST requests per second per API key or token")
+    rate_rest_key_burst: int = setting(10000, "REST requests in a burst per API key or token")
+    rate_rest_ip: float = setting(5000.0, "REST requests per second per client address")
+    rate_rest_ip_burst: int = setting(10000, "REST requests in a burst per client address")
+    rate_connect_ip: float = setting(1000.0, "socket connection attempts per second per address")
+    rate_connect_ip_burst: int = setting(20000, "socket connection attempts in a burst per address")
+    rate_socket_frames: float = setting(100.0, "client frames per second per socket")
+    rate_socket_frames_burst: int = setting(1000, "client frames in a burst per socket")
+    rate_login_account: float = setting(0.05, "dashboard logins per second per account")
+    rate_login_account_burst: int = setting(5, "dashboard logins in a burst per account")
+    rate_login_ip: float = setting(0.5, "dashboard logins per second per address")
+    rate_login_ip_burst: int = setting(20, "dashboard logins in a burst per address")
+    rate_limit_max_keys: int = setting(50000, "most buckets one limit keeps (idle ones go first)")
+    trust_proxy_headers: bool = setting(
+        False, "take the client address from X-Forwarded-For / X-Real-Ip (behind a proxy)"
+    )
+    storage_timeout: float = setting(
+        5.0, "seconds a request (or a write) may wait for MongoDB before it answers 503"
+    )
+    log_format: str = setting("json", "json (one object a line) or text")
+    cookie_secret: str = setting("", "signs dashboard session cookies (required in production)")
+    secure_cookies: bool = setting(
+        False, "mark dashboard cookies Secure (set it when served over HTTPS behind a proxy)"
+    )
+    staff_session_hours: float = setting(12.0, "how long a dashboard login lasts")
     log_level: str = setting("INFO", "log level")
     debug: bool = setting(False, "Tornado debug mode (never in production)")
 
@@ -109,3 +153,11 @@ def describe() -> list[tuple[str, str, Any, str]]:
         name = f.metadata.get("env") or f"NOTIFY_{f.name.upper()}"
         rows.append((name, str(f.type), f.default, f.metadata["help"]))
     return rows
+
+
+def print_table() -> None:
+    """Print the settings as the README's Markdown table."""
+    print("| variable | type | default | what it sets |")
+    print("|---|---|---|---|")
+    for name, kind, default, text in describe():
+        print(f"| `{name}` | {kind} | `{default!r}` | {text} |")

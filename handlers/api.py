@@ -45,6 +45,8 @@ class BroadcastsHandler(APIHandler):
 
 
 class FeedHandler(APIHandler):
+    audit_action = "notifications.feed"
+
     async def get(self, user_id: str) -> None:
         """A user's feed, critical first then newest first, with cursor paging."""
         _, roles = await self.require_user(user_id)
@@ -53,6 +55,8 @@ class FeedHandler(APIHandler):
 
 
 class UnreadCountHandler(APIHandler):
+    audit_action = "notifications.unread_count"
+
     async def get(self, user_id: str) -> None:
         """How many notifications a user has not read."""
         _, roles = await self.require_user(user_id)
@@ -60,6 +64,8 @@ class UnreadCountHandler(APIHandler):
 
 
 class MarkReadHandler(APIHandler):
+    audit_action = "notifications.mark_read"
+
     async def post(self, user_id: str, notification_id: str) -> None:
         """Mark one notification read; every device of the user hears of it."""
         _, roles = await self.require_user(user_id)
@@ -67,6 +73,8 @@ class MarkReadHandler(APIHandler):
 
 
 class ReadAllHandler(APIHandler):
+    audit_action = "notifications.mark_all_read"
+
     async def post(self, user_id: str) -> None:
         """Mark all of a user's notifications read."""
         _, roles = await self.require_user(user_id)

@@ -6,14 +6,18 @@ import json
 import logging
 from typing import Any
 
+import pymongo
 from marshmallow import Schema, ValidationError
 from pymongo.errors import PyMongoError
 from tornado import web
 
+from server import logs
+from server.audit import actor_of
 from server.auth import Principal, looks_like_token
 from server.errors import ServiceError, StorageUnavailable, TooLarge, Unauthorized, ValidationFailed
 from server.metrics import METRICS
 from server.node import Node
+from server.schemas import parse_json
 
 log = logging.getLogger("notify.api")
 
@@ -41,13 +45,36 @@ class BaseHandler(web.RequestHandler):
     def config(self):
         return self.services.settings
 
+    _request_id: str | None = None
+
+    @property
+    def request_id(self) -> str:
+        """This request's id: the caller's X-Request-Id if it is a sane one, else a new one."""
+        if self._request_id is None:
+            self._request_id = logs.request_id(self.request.headers.get("X-Request-Id"))
+        return self._request_id
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Request-Id", self.request_id)
+
+    async def prepare(self) -> None:
+        logs.REQUEST_ID.set(self.request_id)  # every line logged for this request carries it
+        # One storage budget for the whole request, so that a hung MongoDB is a 503, not a
+        # hung request. Entered here and never left: each request runs in its own task,
+        # whose context (where the deadline lives) ends with it.
+        pymongo.timeout(self.config.storage_timeout).__enter__()
+
 
 class APIHandler(BaseHandler):
     """JSON in, the contract's envelope out; every error is the same JSON shape."""
 
     principal: Principal | None = None
+    # Routes that read or change a user's notifications name their audit action here.
+    audit_action: str = ""
+    audit_target: str = ""
 
     def set_default_headers(self) -> None:
+        super().set_default_headers()
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
@@ -56,6 +83,8 @@ class APIHandler(BaseHandler):
         """API calls carry a bearer credential, not a cookie: no XSRF token needed."""
 
     async def prepare(self) -> None:
+        await super().prepare()
+        self.services.limits.rest_ip.check(self.request.remote_ip or "")
         if len(self.request.body or b"") > self.config.max_body_bytes:
             raise TooLarge(f"the body is larger than {self.config.max_body_bytes} bytes")
 
@@ -72,6 +101,7 @@ class APIHandler(BaseHandler):
             self.principal = self.services.tokens.check(credential)
         else:
             self.principal = await self.services.api_keys.check(credential)
+        self.services.limits.rest_key.check(f"{self.principal.kind}:{self.principal.id}")
         return self.principal
 
     async def require_scope(self, scope: str) -> Principal:
@@ -82,6 +112,7 @@ class APIHandler(BaseHandler):
 
     async def require_user(self, user_id: str) -> tuple[Principal, tuple[str, ...]]:
         """Authenticate as that user's token or a ``read`` key; returns the user's roles."""
+        self.audit_target = user_id
         principal = await self.authenticate()
         principal.require_user(user_id)
         roles = principal.roles if principal.kind == "token" else None
@@ -92,7 +123,7 @@ class APIHandler(BaseHandler):
     def body(self) -> Any:
         """The request body as JSON; a 400 if it is not."""
         try:
-            return json.loads(self.request.body or b"")
+            return parse_json(self.request.body or b"")
         except (ValueError, RecursionError):
             raise ValidationFailed("the body is not valid JSON") from None
 
@@ -143,6 +174,27 @@ class APIHandler(BaseHandler):
             error["fields"] = fields
         self.finish(json.dumps({"success": False, "error": error}, ensure_ascii=False))
 
+    def on_finish(self) -> None:
+        """Audit who read or changed a user's notifications, and every refusal (403).
+
+        An entry names the caller, the user, the route and the source address: never a
+        body, a title or a credential.
+        """
+        status, principal = self.get_status(), self.principal
+        if principal is None or not (status == 403 or (self.audit_action and status < 400)):
+            return
+        detail: dict[str, Any] = {
+            "method": self.request.method,
+            "path": self.request.path,
+            "status": status,
+            "ip": self.request.remote_ip,
+            "request_id": self.request_id,
+        }
+        if principal.kind == "api_key":
+            detail["key_name"] = principal.name
+        action = "access.denied" if status == 403 else self.audit_action
+        self.services.audit.note(actor_of(principal), action, self.audit_target, **detail)
+
     def log_exception(self, typ, value, tb) -> None:
         if isinstance(value, StorageUnavailable | PyMongoError):
             METRICS.storage_errors.inc()
@@ -155,6 +207,8 @@ class NotFoundHandler(APIHandler):
     """The catch-all: every unknown path is a JSON 404."""
 
     async def prepare(self) -> None:
+        await BaseHandler.prepare(self)  # the request id of its log lines
+        self.services.limits.rest_ip.check(self.request.remote_ip or "")  # scans count too
         raise web.HTTPError(404)
 
 

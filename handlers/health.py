@@ -17,7 +17,7 @@ class HealthHandler(APIHandler):
 class ReadyHandler(APIHandler):
     async def get(self) -> None:
         """Storage answers and the bus is following: ready for traffic."""
-        await self.services.store.ping()
+        await self.services.check_ready()
         self.ok({"status": "ready", "node_id": self.services.node_id})
 
 

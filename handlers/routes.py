@@ -12,7 +12,17 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from handlers import api, base, health, ws
+from handlers import (
+    api,
+    base,
+    dashboard,
+    dashboard_admin,
+    dashboard_base,
+    dashboard_ws,
+    health,
+    openapi,
+    ws,
+)
 from server.node import Node
 
 access_log = logging.getLogger("notify.access")
@@ -39,6 +49,9 @@ def make_app(node: Node, **extra) -> web.Application:
     """The application serving one node's REST API, sockets and pages."""
     s = node.settings
     handlers = [*health.default_handlers, *api.default_handlers, *ws.default_handlers]
+    handlers += openapi.default_handlers
+    handlers += dashboard.default_handlers + dashboard_admin.default_handlers
+    handlers += dashboard_ws.default_handlers + dashboard.not_found_handlers
     handlers.append((r".*", base.NotFoundHandler))
     return web.Application(
         handlers,
@@ -51,6 +64,7 @@ def make_app(node: Node, **extra) -> web.Application:
         websocket_max_message_size=s.max_frame_bytes,
         debug=s.debug,
         started=time.time(),
+        **dashboard_base.app_settings(node),
         **extra,
     )
 
@@ -82,7 +96,11 @@ async def start_node(settings, uri: str, watch: bool = True, sockets=None) -> Ru
     node = Node.build(settings, uri, watch=watch)
     await node.start()
     app = make_app(node)
-    server = HTTPServer(app, max_body_size=settings.max_body_bytes * 4 + 65536, xheaders=False)
+    server = HTTPServer(
+        app,
+        max_body_size=settings.max_body_bytes * 4 + 65536,
+        xheaders=settings.trust_proxy_headers,  # the client address for per-IP rate limits
+    )
     sockets = sockets or bind_sockets(settings.port, settings.host)
     server.add_sockets(sockets)
     return Running(node, server, sockets[0].getsockname()[1])

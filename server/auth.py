@@ -12,10 +12,10 @@ from datetime import UTC, datetime, timedelta
 import jwt
 from bson import ObjectId
 
-from server.errors import Forbidden, Unauthorized
+from server.errors import Conflict, Forbidden, NotFound, Unauthorized
 from server.schemas import SCOPES
 from server.store import Store
-from server.timeutil import utcnow
+from server.timeutil import as_datetime, utcnow
 
 KEY_PREFIX = "nk_"
 ALGORITHM = "HS256"
@@ -104,7 +104,9 @@ class ApiKeys:
     cache_seconds: float = 5.0
     _cache: dict[str, tuple[float, dict | None]] = field(default_factory=dict)
 
-    async def create(self, name: str, scopes: list[str]) -> tuple[str, dict]:
+    async def create(
+        self, name: str, scopes: list[str], rotated_from: str | None = None
+    ) -> tuple[str, dict]:
         """A new key (returned once, never stored) and its stored record."""
         unknown = set(scopes) - set(SCOPES)
         if unknown:
@@ -119,6 +121,8 @@ class ApiKeys:
             "created_at": utcnow(),
             "revoked_at": None,
         }
+        if rotated_from is not None:
+            record["rotated_from"] = rotated_from
         await self.store.insert_api_key(record)
         record.pop("hash")
         return key, record
@@ -139,9 +143,32 @@ class ApiKeys:
             raise Unauthorized("unknown API key")
         if record.get("revoked_at") is not None:
             raise Unauthorized("this API key has been revoked")
+        expires = as_datetime(record.get("expires_at"))
+        if expires is not None and expires <= utcnow():
+            raise Unauthorized("this API key has expired (it was rotated)")
         return Principal(
             "api_key", record["_id"], scopes=frozenset(record["scopes"]), name=record["name"]
         )
+
+    async def rotate(self, key_id: str, grace_seconds: float | None = None) -> tuple[str, dict]:
+        """A new key with the old one's name and scopes, for a rotation without downtime.
+
+        The old key keeps working until it is revoked, or for ``grace_seconds`` more when
+        given: deploy the new key, then let the old one lapse (other nodes notice within
+        ``api_key_cache_seconds``).
+        """
+        old = await self.store.api_key_by_id(key_id)
+        if old is None:
+            raise NotFound("no such API key")
+        expires = as_datetime(old.get("expires_at"))
+        if old.get("revoked_at") is not None or (expires is not None and expires <= utcnow()):
+            raise Conflict("this API key is no longer valid; create a new one")
+        key, record = await self.create(old["name"], old["scopes"], rotated_from=key_id)
+        if grace_seconds is not None:
+            until = utcnow() + timedelta(seconds=max(grace_seconds, 0))
+            await self.store.expire_api_key(key_id, until)
+        self.forget()
+        return key, record
 
     def forget(self) -> None:
         """Drop cached lookups (after a revocation on this node)."""

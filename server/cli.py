@@ -5,11 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
+import sys
 from collections.abc import AsyncIterator
+from typing import TextIO
 
+from server.audit import Audit
 from server.auth import ApiKeys
 from server.embedded import EmbeddedMongo
+from server.errors import ServiceError
+from server.ratelimit import RateLimits
 from server.render import api_key
+from server.staff import StaffAccounts, normalize
+from server.staff_store import StaffStore
 from server.store import Store, connect
 from server.timeutil import utcnow
 from settings import Settings
@@ -58,6 +66,49 @@ async def revoke_api_key(settings: Settings, key_id: str) -> dict | None:
         return api_key(record) if record else None
 
 
+async def rotate_api_key(
+    settings: Settings, key_id: str, grace_seconds: float | None
+) -> tuple[str, dict]:
+    """A new key with the old one's name and scopes; the old one lapses after the grace."""
+    async with open_store(settings) as store:
+        key, record = await ApiKeys(store).rotate(key_id, grace_seconds)
+        audit = Audit(store.db, settings.audit_retention_days)
+        await audit.record(
+            "cli", "api_key.rotate", key_id, new_key_id=record["_id"], grace_seconds=grace_seconds
+        )
+        return key, api_key(record)
+
+
+async def create_staff(
+    settings: Settings, username: str, role: str, password: str, reset: bool = False
+) -> str:
+    """Create a dashboard account, or with ``reset`` set an existing one's password and role;
+    returns what was done."""
+    async with open_store(settings) as store:
+        audit = Audit(store.db, settings.audit_retention_days)
+        staff_store = StaffStore(store.db)
+        await staff_store.create_indexes()
+        accounts = StaffAccounts(staff_store, audit, RateLimits(settings))
+        if reset and await staff_store.account(normalize(username)) is not None:
+            await accounts.set_password("cli", username, password)
+            await accounts.set_role("cli", normalize(username), role)
+            await accounts.set_disabled("cli", normalize(username), False)
+            return "reset"
+        await accounts.create(username, password, role, "cli")
+        return "created"
+
+
+def read_password(stdin: TextIO | None = None) -> str:
+    """The new password: asked twice on a terminal, else the first line of standard input."""
+    stdin = stdin or sys.stdin
+    if not stdin.isatty():
+        return stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("Password (at least 10 characters): ")
+    if getpass.getpass("The same password again: ") != first:
+        raise SystemExit("error: the passwords differ")
+    return first
+
+
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """The key commands of ``run.py``."""
     create = sub.add_parser(
@@ -70,6 +121,27 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     )
     revoke = sub.add_parser("revoke-api-key", help="revoke an API key by id", parents=[common])
     revoke.add_argument("key_id")
+    rotate = sub.add_parser(
+        "rotate-api-key",
+        help="create a new key with the same name and scopes; print it",
+        parents=[common],
+    )
+    rotate.add_argument("key_id")
+    rotate.add_argument(
+        "--grace-seconds",
+        type=float,
+        help="the old key stops working this long from now (default: when revoked)",
+    )
+    staff = sub.add_parser(
+        "create-staff",
+        help="create a dashboard account (password from the terminal or standard input)",
+        parents=[common],
+    )
+    staff.add_argument("--username", required=True)
+    staff.add_argument("--role", choices=("admin", "staff"), default="staff")
+    staff.add_argument(
+        "--reset", action="store_true", help="if it exists: set its password and role, enable it"
+    )
 
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -88,10 +160,42 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "list-api-keys":
         for r in asyncio.run(list_api_keys(settings)):
             state = f"revoked {r['revoked_at']}" if r["revoked_at"] else "active"
+            if not r["revoked_at"] and r.get("expires_at"):
+                state = f"expires {r['expires_at']}"  # rotated: valid until its grace ends
             print(f"{r['id']}  {r['prefix']}…  {r['name']}  {','.join(r['scopes'])}  {state}")
         return 0
     if args.command == "revoke-api-key":
         record = asyncio.run(revoke_api_key(settings, args.key_id))
         print(f"revoked {record['name']}" if record else "no such key")
         return 0 if record else 1
+    if args.command == "create-staff":
+        password = read_password()
+        try:
+            done = asyncio.run(
+                create_staff(settings, args.username, args.role, password, args.reset)
+            )
+        except ServiceError as exc:
+            details = "; ".join(f"{k}: {', '.join(v)}" for k, v in exc.fields.items())
+            print(f"error: {exc.message}" + (f" ({details})" if details else ""))
+            return 1
+        print(
+            f"{'Created' if done == 'created' else 'Reset'} the {args.role} account "
+            f"{normalize(args.username)!r}. Log in at /dashboard."
+        )
+        return 0
+    if args.command == "rotate-api-key":
+        try:
+            key, record = asyncio.run(rotate_api_key(settings, args.key_id, args.grace_seconds))
+        except ServiceError as exc:
+            print(f"error: {exc.message}")
+            return 1
+        lapse = (
+            "until you revoke it"
+            if args.grace_seconds is None
+            else f"for {args.grace_seconds:g} more seconds"
+        )
+        print(f"Rotated {record['name']!r}: new key id {record['id']}.")
+        print(f"The old key keeps working {lapse}. The new key, shown only this once:")
+        print(key)
+        return 0
     return 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -20,6 +21,7 @@ from server import wire
 from server.errors import OverCapacity
 from server.metrics import METRICS
 from server.render import public
+from server.store import is_hidden
 from server.timeutil import utcnow
 
 log = logging.getLogger("notify.hub")
@@ -36,6 +38,8 @@ class Connection(Protocol):
 
 
 _ids = itertools.count(1)
+# Frames of a replay written to a socket in one go (a few hundred KiB at most).
+REPLAY_WRITE_FRAMES = 64
 
 
 @dataclass(eq=False)
@@ -50,29 +54,55 @@ class Subscription:
     last_seq: int = 0
     pending: list[tuple[int, bytes]] | None = field(default_factory=list)
     overflowed: bool = False
+    start_seq: int = 0
 
-    def offer(self, seq: int, data: bytes, limit: int) -> None:
-        """Send a sequenced frame, or hold it while the socket is still replaying."""
+    def offer(self, seq: int, data: bytes, limit: int) -> bool:
+        """Send a sequenced frame, or hold it while the socket is still replaying.
+
+        True if sent or held. Called once per socket per notification: the caller counts
+        (one metric update per fan-out, not per socket).
+        """
         if self.pending is not None:
             if len(self.pending) >= limit:
                 self.overflowed = True
-            else:
-                self.pending.append((seq, data))
-            return
+                return False
+            self.pending.append((seq, data))
+            return True
         if seq > self.last_seq:
             self.last_seq = seq
-            if self.conn.send_frame(data):
-                METRICS.delivered.inc()
+            return self.conn.send_frame(data)
+        return False
 
     def go_live(self, replayed: Iterable[tuple[int, bytes]], marker: bytes | None = None) -> None:
-        """Send the replay and ``marker``, then what arrived meanwhile, then deliver live."""
+        """Send the replay and ``marker``, then what arrived meanwhile, then deliver live.
+
+        What arrived while the replay was read is merged with it in seq order: a frame held
+        meanwhile can sort before the newest replayed one (stored just after one of the
+        replay's queries ran), and sent after it, it would be dropped as already seen.
+        """
         held, self.pending = self.pending or [], None
-        for seq, data in replayed:
-            self.offer(seq, data, 0)
+        if self.overflowed:
+            # More arrived during the replay than a socket may hold: the client resumes
+            # from its last cursor instead, so nothing is lost and memory stays bounded.
+            self.conn.close(1013, "too much arrived while replaying; reconnect with since")
+            return
+        replayed = list(replayed)
+        upto = max((seq for seq, _ in replayed), default=0)
+        frames: list[bytes] = []
+        for seq, data in sorted([*replayed, *held], key=lambda item: item[0]):
+            if marker is not None and seq > upto:
+                frames.append(marker)
+                marker = None
+            if seq > self.last_seq:
+                self.last_seq = seq
+                frames.append(data)
         if marker is not None:
-            self.conn.send_frame(marker)
-        for seq, data in held:
-            self.offer(seq, data, 0)
+            frames.append(marker)
+        METRICS.delivered.inc(len(replayed))
+        # Written together, not one system call per frame: a reconnect replays dozens.
+        for at in range(0, len(frames), REPLAY_WRITE_FRAMES):
+            if not self.conn.send_frame(b"".join(frames[at : at + REPLAY_WRITE_FRAMES])):
+                return
 
 
 class Hub:
@@ -93,8 +123,15 @@ class Hub:
         self.by_role: dict[str, set[Subscription]] = {}
         self.everyone: set[Subscription] = set()
         self.seq = 0
+        # How many broadcasts this hub has dispatched: a change tells the broadcast cache
+        # that what it loaded is stale.
+        self.broadcasts_seen = 0
         self._lock = asyncio.Lock()
         self._empty = asyncio.Event()
+        # Ids (to seqs) of a failed write's leftovers, never to be delivered (the sequencer's).
+        self.withheld: dict[str, int] = {}
+        # Called with a user id whenever that user's sockets on this node change (presence).
+        self.listeners: list[Callable[[str], None]] = []
 
     # ---- membership ----------------------------------------------------------------------
 
@@ -109,12 +146,15 @@ class Hub:
             raise OverCapacity("this user has too many connections")
         sub = Subscription(conn, user_id, tuple(dict.fromkeys(roles)), info or {})
         sub.info.setdefault("connected_at", utcnow())
+        # Everything up to here was dispatched before this socket: its starting position.
+        sub.start_seq = self.seq
         self.everyone.add(sub)
         self._empty.clear()
         self.by_user.setdefault(user_id, set()).add(sub)
         for role in sub.roles:
             self.by_role.setdefault(role, set()).add(sub)
         METRICS.connections.set(len(self.everyone))
+        self._changed(user_id)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -126,6 +166,12 @@ class Hub:
         METRICS.connections.set(len(self.everyone))
         if not self.everyone:
             self._empty.set()
+        self._changed(sub.user_id)
+
+    def _changed(self, user_id: str) -> None:
+        METRICS.users.set(len(self.by_user))
+        for listener in self.listeners:
+            listener(user_id)
 
     def user_subscriptions(self, user_id: str) -> set[Subscription]:
         """The sockets of one user on this node."""
@@ -134,6 +180,12 @@ class Hub:
     def stats(self) -> dict:
         """Connections and users on this node."""
         return {"connections": len(self.everyone), "users": len(self.by_user)}
+
+    def reach(self, doc: dict) -> tuple[int, set[str]]:
+        """The sockets and the users on this node a document goes to (the dashboard's
+        outcome of a send): the same targets delivery uses, counted, not sent to."""
+        targets = self._targets(doc)
+        return len(targets), {sub.user_id for sub in targets}
 
     # ---- delivery ------------------------------------------------------------------------
 
@@ -181,13 +233,24 @@ class Hub:
                 return
 
     def _fanout(self, doc: dict) -> None:
+        if doc.get("audience") is not None:
+            self.broadcasts_seen += 1
+        if (self.withheld and doc["_id"] in self.withheld) or is_hidden(doc):
+            return  # part of a write that failed: the caller got an error, no one gets it
         targets = self._targets(doc)
         if not targets:
             return
+        started = time.perf_counter()
         data = wire.frame({"type": "notification", "notification": public(doc)})
         seq, limit = doc["seq"], self.hold_limit
+        handed = 0
         for sub in tuple(targets):
-            sub.offer(seq, data, limit)
+            handed += sub.offer(seq, data, limit)
+        METRICS.fanout_seconds.observe(time.perf_counter() - started)
+        if handed:
+            METRICS.delivered.inc(handed)
+            METRICS.delivered_by_type.labels(doc["type"]).inc(handed)
+            METRICS.delivery_latency.observe(time.time() - doc["created_at"].timestamp())
 
     def _targets(self, doc: dict) -> set[Subscription]:
         if doc.get("user_id") is not None:

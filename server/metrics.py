@@ -53,8 +53,44 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.delivered_by_type = Counter(
+            "notify_notifications_delivered",
+            "notification frames handed to sockets at dispatch, by notification type",
+            ["type"],
+            registry=r,
+        )
+        self.delivery_latency = Histogram(
+            "notify_delivery_latency_seconds",
+            "from a notification's creation to its frame being written to this node's sockets",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.audit_dropped = Counter(
+            "notify_audit_dropped", "audit entries lost (queue full or storage down)", registry=r
+        )
         self.slow_readers = Counter(
             "notify_slow_readers_dropped", "sockets closed for a full send buffer", registry=r
+        )
+        self.fanout_seconds = Histogram(
+            "notify_fanout_seconds",
+            "one notification's fan-out on this node: framing once, then the send loop",
+            buckets=(0.0001, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=r,
+        )
+        self.bus_gaps = Counter(
+            "notify_bus_gaps",
+            "change stream breaks after which this node caught up from MongoDB",
+            ["collection"],
+            registry=r,
+        )
+        self.bus_gap_items = Counter(
+            "notify_bus_gap_items",
+            "notifications or read events fetched from MongoDB after a stream break",
+            ["collection"],
+            registry=r,
+        )
+        self.cluster_nodes = Gauge(
+            "notify_cluster_nodes", "live nodes seen at this node's last heartbeat", registry=r
         )
 
 

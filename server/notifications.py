@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from bson import ObjectId
 
-from server.errors import NotFound, ValidationFailed
+from server.broadcast_cache import BroadcastCache
+from server.errors import Conflict, NotFound, ValidationFailed
 from server.hub import Hub
 from server.metrics import METRICS
 from server.render import public
@@ -57,6 +58,8 @@ class Notifications:
         self.replay_limit = replay_limit
         self.retention = store.retention
         self.scheduler = None  # set by the app when scheduling is wired in
+        self.critical_ack = timedelta(seconds=300)  # the node sets critical_ack_seconds
+        self.broadcasts = BroadcastCache(store, hub)  # read on every connect: kept in memory
 
     # ---- create ------------------------------------------------------------------------
 
@@ -99,6 +102,11 @@ class Notifications:
         return public(stored[0])
 
     async def _store(self, docs: list[dict], payload: dict, now: datetime) -> list[dict]:
+        expires_at = payload.get("expires_at")
+        if expires_at is not None and expires_at <= now:  # nobody could ever see it
+            raise ValidationFailed(
+                "the request is not valid", {"expires_at": ["must be in the future"]}
+            )
         deliver_at = payload.get("deliver_at")
         if deliver_at is not None and deliver_at > now:
             if self.scheduler is None:
@@ -107,6 +115,16 @@ class Notifications:
         stored = await self.sequencer.append(docs)
         METRICS.created.labels(payload["type"]).inc(len(stored))
         return stored
+
+    async def cancel(self, notification_id: str) -> dict:
+        """Cancel a scheduled notification not yet sent; 409 once sent or sending, else 404."""
+        if self.scheduler is not None:
+            doc = await self.scheduler.cancel(notification_id)
+            if doc is not None:
+                return public(doc)
+        if await self.store.get(notification_id) is not None:
+            raise Conflict("this notification was already sent")
+        raise NotFound("no such scheduled notification")
 
     # ---- reading -----------------------------------------------------------------------
 
@@ -154,7 +172,7 @@ class Notifications:
         """Unread, visible notifications and broadcasts of a user."""
         now = utcnow()
         own = await self.store.unread_personal_ids(user_id, now)
-        shared = await self.store.broadcast_ids(audiences(roles), now)
+        shared = [d["_id"] for d in await self.broadcasts.visible(audiences(roles), now)]
         read = await self.store.read_map(user_id, shared)
         return len(own) + len(shared) - len(read)
 
@@ -203,13 +221,33 @@ class Notifications:
         count = await self.unread_count(user_id, roles)
         await self.publish_event({"kind": "read", "user_id": user_id, "ids": ids, "count": count})
 
+    async def unacknowledged_critical(self, limit: int = 50) -> list[dict]:
+        """Personal critical notifications no device acknowledged within ``critical_ack``.
+
+        Newest first. The age counts from sending: ``deliver_at`` for a scheduled one.
+        """
+        now = utcnow()
+        cutoff = now - self.critical_ack
+        found: list[dict] = []
+        before = None
+        while len(found) < limit:
+            page = await self.store.unacknowledged_critical(cutoff, now, before, limit)
+            # Exact here: the embedded server compares dates to the whole second only.
+            found += [d for d in page if _sent_at(d) <= cutoff]
+            if len(page) < limit:
+                break
+            before = page[-1]["seq"]
+        return [public(d) for d in found[:limit]]
+
     # ---- replay ------------------------------------------------------------------------
 
     async def replay(self, user_id: str, roles: tuple[str, ...], since: int) -> Replay:
         """What a socket missed after ``since``: at most the replay limit, oldest first."""
-        found = await self.store.replay(
-            user_id, audiences(roles), since, self.replay_limit + 1, utcnow()
-        )
+        now, limit = utcnow(), self.replay_limit + 1
+        found = await self.store.replay(user_id, [], since, limit, now)  # personal only
+        shared = await self.broadcasts.visible(audiences(roles), now)
+        found = sorted(found + [d for d in shared if d["seq"] > since], key=lambda d: d["seq"])
+        found = found[-limit:]
         recovered = len(found) <= self.replay_limit
         if not recovered:
             found = found[1:]
@@ -226,6 +264,12 @@ def _parse_feed_token(token: str | None) -> tuple[str | None, int | None]:
         section, seq = token.split(".", 1)
         return section, int(seq)
     return "n", int(token)
+
+
+def _sent_at(doc: dict) -> datetime:
+    """When a notification went out: its creation, or its ``deliver_at`` if scheduled."""
+    deliver_at = doc.get("deliver_at")
+    return max(doc["created_at"], deliver_at) if deliver_at is not None else doc["created_at"]
 
 
 def _belongs(doc: dict, user_id: str, roles: tuple[str, ...]) -> bool:

@@ -40,4 +40,6 @@ def api_key(record: dict) -> dict:
         "scopes": record["scopes"],
         "created_at": iso(record.get("created_at")),
         "revoked_at": iso(record.get("revoked_at")),
+        "expires_at": iso(record.get("expires_at")),
+        "rotated_from": record.get("rotated_from"),
     }

@@ -12,15 +12,17 @@ concurrently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
+import pymongo
 from pymongo.errors import PyMongoError
 
 from server.errors import StorageUnavailable
 from server.metrics import METRICS
-from server.store import Store
+from server.store import AlreadyStored, Store
 
 log = logging.getLogger("notify.sequencer")
 
@@ -31,15 +33,29 @@ HIGH_MARK_EVERY = 1000
 class Sequencer:
     """Appends documents to the sequenced feed through one writer task."""
 
-    def __init__(self, store: Store, after_append: Callable[[list[dict]], Awaitable[None]]):
+    def __init__(
+        self,
+        store: Store,
+        after_append: Callable[[list[dict]], Awaitable[None]],
+        write_timeout: float = 5.0,
+        withheld: dict[str, int] | None = None,
+    ):
         self.store = store
         self.after_append = after_append
+        # A request waits at most this long in the queue, and its write at most this long
+        # in MongoDB: storage that hangs is a 503, never a request that hangs.
+        self.write_timeout = write_timeout
+        # Ids (and seqs) of a failed batch's documents that the hub must not deliver; shared
+        # with the hub. ``unhidden`` are those still to be hidden in MongoDB (retried).
+        self.withheld: dict[str, int] = {} if withheld is None else withheld
+        self.unhidden: dict[str, int] = {}
         self._waiting: list[tuple[list[dict], asyncio.Future]] = []
         self._wake = asyncio.Event()
         self._next: int | None = None
         self._marked = 0
         self._marked_at = 0.0
         self._task: asyncio.Task | None = None
+        self._keep: set[str] = set()  # ids of idempotent requests: never hidden by _undo
 
     def start(self) -> None:
         """Start the writer task."""
@@ -54,28 +70,64 @@ class Sequencer:
             if not fut.done():
                 fut.set_exception(StorageUnavailable("the service is shutting down"))
 
-    async def append(self, docs: list[dict]) -> list[dict]:
-        """Store documents with their seq; returns once they are in MongoDB."""
+    async def append(self, docs: list[dict], idempotent: bool = False) -> list[dict]:
+        """Store documents with their seq; returns once they are in MongoDB.
+
+        A document whose ``_id`` is already stored is skipped and comes back with ``seq``
+        None. ``idempotent`` requests (the scheduler's, retried under the same ``_id``) are
+        left in place when their batch fails, not hidden: their retry finds them stored.
+        """
+        if idempotent:
+            self._keep.update(d["_id"] for d in docs)
         fut = asyncio.get_running_loop().create_future()
         self._waiting.append((docs, fut))
         self._wake.set()
-        return await fut
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), self.write_timeout)
+        except TimeoutError:
+            for i, (_, queued) in enumerate(self._waiting):
+                if queued is fut:  # never taken by the writer: withdrawn, nothing written
+                    del self._waiting[i]
+                    self._forget([(docs, fut)])
+                    METRICS.storage_errors.inc()
+                    raise StorageUnavailable("storage did not answer in time") from None
+            return await fut  # being written: its own timeout ends the write
+
+    @property
+    def clean(self) -> bool:
+        """False while a failed batch's leftovers are not yet hidden in MongoDB."""
+        return not self.unhidden
 
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
+            if self.unhidden:  # storage was down: retry hiding leftovers until it is back
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 0.25)
+                await self._hide_leftovers()
+            else:
+                await self._wake.wait()
             self._wake.clear()
             while self._waiting:
                 batch = self._take()
                 try:
                     docs = await self._write([d for req, _ in batch for d in req])
+                    self._forget(batch)
                 except (PyMongoError, StorageUnavailable) as exc:
+                    self._forget(batch)
                     METRICS.storage_errors.inc()
                     log.warning("storage write failed: %s", type(exc).__name__)
                     self._next = None
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_exception(StorageUnavailable("storage is unavailable"))
+                    continue
+                except Exception as exc:  # e.g. a value BSON cannot encode: a bug, not an outage
+                    self._forget(batch)  # fail this batch (a 500), but never stop the writer
+                    log.exception("write failed")
+                    self._next = None
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
                     continue
                 for req, fut in batch:
                     if not fut.done():
@@ -84,6 +136,14 @@ class Sequencer:
                     await self.after_append(docs)
                 except Exception:  # delivery must never stop the writer
                     log.exception("delivery after append failed")
+                if self.withheld and docs:  # the hub has dispatched past older leftovers
+                    first = docs[0]["seq"]
+                    for key in [k for k, seq in self.withheld.items() if seq < first]:
+                        del self.withheld[key]
+
+    def _forget(self, batch: list[tuple[list[dict], asyncio.Future]]) -> None:
+        if self._keep:
+            self._keep.difference_update(d["_id"] for req, _ in batch for d in req)
 
     def _take(self) -> list[tuple[list[dict], asyncio.Future]]:
         taken, size = [], 0
@@ -94,38 +154,83 @@ class Sequencer:
         return taken
 
     async def _write(self, docs: list[dict]) -> list[dict]:
-        if self._next is None:
-            self._next = await self.store.high_seq() + 1
-        pending = docs
+        pending, written = docs, []
         try:
-            while pending:
-                for offset, doc in enumerate(pending):
-                    doc["seq"] = self._next + offset
-                stored = await self.store.append(pending)
-                self._next += stored
-                pending = pending[stored:]
-                if pending:  # another node took our next seq: it is stored, so re-read
+            with pymongo.timeout(self.write_timeout):
+                await self._hide_leftovers(strict=True)
+                if self._next is None:
                     self._next = await self.store.high_seq() + 1
-        except PyMongoError:
-            await self._undo(docs)
+                written = await self._insert(pending)
+        except Exception:  # storage errors, and documents it refused to encode
+            await self._undo([d for d in docs if d.get("seq") is not None])
             raise
         await self._mark_high()
-        return docs
+        return written
+
+    async def _insert(self, pending: list[dict]) -> list[dict]:
+        written: list[dict] = []
+        while pending:
+            for offset, doc in enumerate(pending):
+                doc["seq"] = self._next + offset
+            try:
+                stored = await self.store.append(pending)
+            except AlreadyStored as dup:  # sent before (a retried schedule): skip it
+                stored = dup.index
+                pending[stored]["seq"] = None
+                written += pending[:stored]
+                self._next += stored
+                pending = pending[stored + 1 :]
+                continue
+            written += pending[:stored]
+            self._next += stored
+            pending = pending[stored:]
+            if pending:  # another node took our next seq: it is stored, so re-read
+                self._next = await self.store.high_seq() + 1
+        return written
 
     async def _undo(self, docs: list[dict]) -> None:
         """After a failed batch, hide what did go in, so a refused request shows nothing.
 
         Hidden rather than deleted: a deleted top seq could be handed out again, and a
-        client that already saw it would then skip its replacement.
+        client that already saw it would then skip its replacement. Documents of idempotent
+        requests stay: their retry finds them stored and counts them as sent. Until they
+        are hidden (storage may be down), the hub withholds them and the writer retries.
         """
+        docs = [d for d in docs if d["_id"] not in self._keep]
+        if not docs:
+            return
+        leftovers = {d["_id"]: d["seq"] for d in docs}
+        self.withheld.update(leftovers)  # at once: before any await lets the hub run
+        self.unhidden.update(leftovers)
+        self._wake.set()  # the writer retries until they are hidden
+        await self._hide_leftovers()
+
+    async def _hide_leftovers(self, strict: bool = False) -> None:
+        """Hide a failed batch's leftovers; ``strict`` raises if storage refuses."""
+        if not self.unhidden:
+            return
+        ids = list(self.unhidden)
         try:
-            await self.store.hide([d["_id"] for d in docs])
+            with pymongo.timeout(min(self.write_timeout, 2.0)):
+                await self.store.hide(ids)
         except PyMongoError:
-            log.warning("could not hide a partly written batch of %d", len(docs))
+            METRICS.storage_errors.inc()
+            log.warning("could not hide %d leftovers of a failed write yet", len(ids))
+            if strict:
+                raise
+            return
+        for key in ids:
+            self.unhidden.pop(key, None)
+        log.info("hid %d leftovers of a failed write", len(ids))
 
     async def _mark_high(self) -> None:
         last = (self._next or 1) - 1
         now = time.monotonic()
         if last - self._marked >= HIGH_MARK_EVERY or now - self._marked_at > 60:
-            await self.store.mark_high_seq(last)
+            try:
+                with pymongo.timeout(min(self.write_timeout, 2.0)):
+                    await self.store.mark_high_seq(last)
+            except PyMongoError:  # the batch is stored: a mark missed now is made next time
+                METRICS.storage_errors.inc()
+                return
             self._marked, self._marked_at = last, now

@@ -2,7 +2,8 @@
 
 - ``mongo_uri`` (session): ``MONGODB_URI`` if set, else the embedded server (nx-27017)
   started once on a free port with its data in a temporary folder.
-- ``db_name``: a fresh database name per test, so tests never see each other's data.
+- ``db_name``: a fresh database name per test, so tests never see each other's data;
+  dropped after the test.
 - ``settings``: node settings for that database (fixed token secret, free port).
 - ``node``: one running node (``Running``: ``.url``, ``.node``, ``.stop()``).
 - ``api_key``: an API key with every scope; ``api``: an ``Api`` client using it.
@@ -16,6 +17,7 @@ import uuid
 
 import pytest
 import pytest_asyncio
+from pymongo import MongoClient
 
 from server.embedded import EmbeddedMongo
 from tests.support import Api, serve_node, test_settings
@@ -35,8 +37,14 @@ def mongo_uri(tmp_path_factory):
 
 
 @pytest.fixture
-def db_name():
-    return f"t_{uuid.uuid4().hex[:12]}"
+def db_name(mongo_uri):
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    # The embedded server keeps at most 100 databases open and will not evict one a change
+    # stream has touched, so past 100 tests it closed the running test's own database.
+    # Dropping each test's database (after its nodes stopped) keeps a whole run under that.
+    with MongoClient(mongo_uri, serverSelectionTimeoutMS=5000, socketTimeoutMS=20000) as client:
+        client.drop_database(name)
 
 
 @pytest.fixture

@@ -218,3 +218,23 @@ async def test_shutdown_closes_sockets_with_1001(settings, mongo_uri):
     stopping = asyncio.ensure_future(running.stop())
     assert await sock.closed() == 1001
     await stopping
+
+
+async def test_welcome_cursor_is_a_resume_point_for_a_device_that_saw_nothing(node, api):
+    await api.notify("p-1", "old news")
+    sock = await Socket.open(node.url, await api.token("p-1"))
+    cursor = (await sock.expect("welcome"))["cursor"]
+    sock.close()
+    missed = [await api.notify("p-1", f"while away {i}") for i in range(2)]
+    back = await Socket.open(node.url, await api.token("p-1"), since=cursor)
+    await back.expect("welcome")
+    got = [(await back.expect("notification"))["notification"]["id"] for _ in missed]
+    assert got == [m["id"] for m in missed]
+    await back.expect("replay_done")
+
+
+@pytest.mark.parametrize("since", ["-1", "abc", "1.5", "9" * 30])
+async def test_a_bad_since_is_refused_before_the_upgrade(node, api, since):
+    with pytest.raises(HTTPClientError) as info:
+        await websocket_connect(_url(node, token=await api.token("p-1"), since=since))
+    assert info.value.code == 400

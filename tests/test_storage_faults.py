@@ -1,0 +1,317 @@
+"""Storage faults: MongoDB stopped, hung or refusing a write halfway, during traffic.
+
+Each test runs its own embedded database server (a data folder and a port it controls) so
+that it can stop, freeze and restart it; the nodes under test must answer 503 in bounded
+time, keep their sockets, write nothing half, and recover by themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from pymongo import ASCENDING, AsyncMongoClient
+from tornado.httpclient import HTTPRequest
+
+from server.embedded import EmbeddedMongo, free_port
+from server.metrics import METRICS
+from server.store import is_hidden
+from server.timeutil import utcnow
+from tests.conftest import ALL_SCOPES
+from tests.support import Api, Socket, serve_node
+
+pytestmark = pytest.mark.asyncio
+
+# Short timeouts so that the test is quick; the bound checked below follows from them.
+TIMEOUTS = {"mongodb_timeout_ms": 800, "storage_timeout": 1.0}
+BOUND = 2 * TIMEOUTS["storage_timeout"] + 1.5  # a queued write, then its own write, plus slack
+
+
+class Database:
+    """An embedded database server this test can stop, freeze and restart on one port."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.port = free_port()
+        self.server = EmbeddedMongo(folder, self.port)
+
+    @property
+    def uri(self) -> str:
+        return self.server.uri
+
+    def start(self) -> None:
+        self.server = EmbeddedMongo(self.folder, self.port)
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def freeze(self) -> None:
+        os.kill(self.server.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(self.server.process.pid, signal.SIGCONT)
+
+
+@pytest_asyncio.fixture
+async def database(tmp_path):
+    db = Database(tmp_path / "db")
+    db.start()
+    yield db
+    with contextlib.suppress(Exception):
+        db.thaw()
+    db.stop()
+
+
+@pytest_asyncio.fixture
+async def nodes(database, settings):
+    first = await serve_node(settings.with_(**TIMEOUTS, node_id="a"), database.uri)
+    second = await serve_node(settings.with_(**TIMEOUTS, node_id="b"), database.uri)
+    yield first, second
+    for running in (first, second):
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(running.stop(), 10)
+
+
+async def wait_ready(api: Api, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        resp = await api.client.fetch(api.base_url + "/readyz", raise_error=False)
+        if resp.code == 200:
+            return
+        assert time.monotonic() < deadline, "did not recover"
+        await asyncio.sleep(0.2)
+
+
+async def timed(coro) -> tuple[object, float]:
+    start = time.monotonic()
+    result = await coro
+    return result, time.monotonic() - start
+
+
+async def titles_in_feed(api: Api, user_id: str) -> list[str]:
+    feed = await api.get(f"/v1/users/{user_id}/notifications", query={"limit": 200})
+    return [n["title"] for n in feed["items"]]
+
+
+async def still_open(sock: Socket) -> None:
+    sock.send({"type": "ping"})
+    await sock.expect("pong", timeout=3)
+
+
+async def test_database_stopped_and_restarted_during_traffic(database, nodes):
+    first, second = nodes
+    key, _ = await first.node.api_keys.create("t", ALL_SCOPES)
+    api_a, api_b = Api(first.url, key), Api(second.url, key)
+    on_a = await Socket.open(first.url, await api_a.token("p-1"))
+    on_b = await Socket.open(second.url, await api_b.token("p-1"))
+    await on_a.expect("welcome")
+    await on_b.expect("welcome")
+    errors_before = METRICS.registry.get_sample_value("notify_storage_errors_total") or 0
+
+    outcomes: dict[str, int] = {}
+    stop_traffic = asyncio.Event()
+
+    async def traffic(api: Api, name: str) -> None:
+        i = 0
+        while not stop_traffic.is_set():
+            title = f"{name}-{i}"
+            body = {"user_ids": ["p-1", "p-2"], "type": "custom", "title": title, "message": "m"}
+            outcomes[title] = await send(api, "POST", "/v1/notifications", body)
+            i += 1
+            await asyncio.sleep(0.05)
+
+    loops = [asyncio.create_task(traffic(api_a, "a")), asyncio.create_task(traffic(api_b, "b"))]
+    await asyncio.sleep(0.5)
+
+    database.stop()
+    (status, _), took = await timed(send(api_a, "POST", "/v1/notifications", one("p-1", "down")))
+    assert status == 503 and took < BOUND
+    (status, error), took = await timed(send(api_b, "GET", "/readyz"))
+    assert status == 503 and error["code"] == "storage_unavailable" and took < BOUND
+    (status, _), _ = await timed(send(api_a, "GET", "/readyz"))
+    assert status == 503
+    await still_open(on_a)
+    await still_open(on_b)
+    await asyncio.sleep(1.0)  # traffic meets the outage for a while
+
+    database.start()
+    await wait_ready(api_a)
+    await wait_ready(api_b)
+    await asyncio.sleep(0.5)
+    stop_traffic.set()
+    await asyncio.gather(*loops)
+
+    # Recovered by itself: a write on either node reaches the sockets on both.
+    (status, made), _ = await timed(send(api_b, "POST", "/v1/notifications", one("p-1", "after")))
+    assert status == 201 and made["title"] == "after"
+    await wait_for_title(on_a, "after")
+    await wait_for_title(on_b, "after")
+    await still_open(on_a)
+
+    statuses = {status for status, _ in outcomes.values()}
+    assert statuses <= {201, 503}, statuses
+    assert 201 in statuses and 503 in statuses, statuses
+    stored = set(await titles_in_feed(Api(first.url, key), "p-1"))
+    also = set(await titles_in_feed(Api(first.url, key), "p-2"))
+    for title, (status, data) in outcomes.items():
+        if status == 201:
+            assert len(data) == 2 and title in stored and title in also, title
+        else:  # all or nothing: a refused request shows nowhere
+            assert title not in stored and title not in also, title
+    refused = {t for t, (s, _) in outcomes.items() if s == 503}
+    seen = {f["notification"]["title"] for f in on_a.frames if f["type"] == "notification"}
+    assert not refused & seen, refused & seen
+    assert (METRICS.registry.get_sample_value("notify_storage_errors_total") or 0) > errors_before
+
+
+async def test_database_that_hangs_gives_503_in_bounded_time_then_recovers(database, nodes):
+    first, _ = nodes
+    key, _ = await first.node.api_keys.create("t", ALL_SCOPES)
+    api = Api(first.url, key)
+    sock = await Socket.open(first.url, await (Api(first.url, key)).token("p-1"))
+    await sock.expect("welcome")
+
+    database.freeze()
+    try:
+        writes = [send(api, "POST", "/v1/notifications", one("p-1", f"hung-{i}")) for i in range(3)]
+        results, took = await timed(asyncio.gather(*writes))
+        assert [status for status, _ in results] == [503, 503, 503] and took < BOUND
+        (status, _), took = await timed(send(api, "GET", "/readyz"))
+        assert status == 503 and took < BOUND
+        sock.send({"type": "read_all"})  # a frame that needs storage: an error, in time
+        error, took = await timed(sock.expect("error", timeout=BOUND + 5))
+        assert error["code"] == "storage_unavailable" and took < BOUND
+        await still_open(sock)
+    finally:
+        database.thaw()
+
+    await wait_ready(api)
+    assert first.node.sequencer.clean
+    (status, _), _ = await timed(send(api, "POST", "/v1/notifications", one("p-1", "thawed")))
+    assert status == 201
+    await wait_for_title(sock, "thawed")
+    titles = await titles_in_feed(Api(first.url, key), "p-1")
+    assert titles == ["thawed"]  # what MongoDB took late from the refused writes is hidden
+    hung = [f for f in sock.frames if f["type"] == "notification"]
+    assert [f["notification"]["title"] for f in hung] == ["thawed"]
+
+
+async def test_a_batch_refused_halfway_is_hidden_and_never_delivered(database, nodes):
+    first, second = nodes
+    key, _ = await first.node.api_keys.create("t", ALL_SCOPES)
+    api = Api(first.url, key)
+    # A unique index that the second copy of a notification breaks: MongoDB stores the
+    # first recipient's copy, then refuses the rest of the batch.
+    await first.node.store.notifications.create_index(
+        [("data.slot", ASCENDING)], unique=True, sparse=True, name="test_slot"
+    )
+    socks = []
+    for running, user in ((first, "p-1"), (first, "p-2"), (second, "p-1")):
+        sock = await Socket.open(running.url, await Api(running.url, key).token(user))
+        await sock.expect("welcome")
+        socks.append(sock)
+
+    body = {
+        "user_ids": ["p-1", "p-2"],
+        "type": "custom",
+        "title": "half",
+        "message": "m",
+        "data": {"slot": 1},
+    }
+    status, error = await send(api, "POST", "/v1/notifications", body)
+    assert status == 503 and error["code"] == "storage_unavailable"
+    stored = await first.node.store.notifications.find({"title": "half"}).to_list()
+    assert len(stored) == 1 and is_hidden(stored[0])  # it went in, and was hidden
+    for user in ("p-1", "p-2"):
+        assert await titles_in_feed(Api(first.url, key), user) == []
+        count = await Api(first.url, key).get(f"/v1/users/{user}/unread-count")
+        assert count == {"count": 0}
+
+    status, made = await send(api, "POST", "/v1/notifications", one("p-1", "next"))
+    assert status == 201
+    for sock in (socks[0], socks[2]):
+        frame = await sock.expect("notification")
+        assert frame["notification"]["title"] == "next"  # not "half" first
+        assert int(frame["notification"]["cursor"]) > stored[0]["seq"]
+    await socks[1].nothing()
+    # A reconnect replaying from before the refused batch does not bring it back either.
+    back = await Socket.open(first.url, await Api(first.url, key).token("p-1"), since="0")
+    await back.expect("welcome")
+    replayed = await back.expect("replay_done")
+    titles = [f["notification"]["title"] for f in back.frames if f["type"] == "notification"]
+    assert titles == ["next"] and replayed["cursor"] == made["cursor"]
+
+
+async def test_a_write_stored_after_its_reply_was_lost_is_withheld_then_hidden(database, nodes):
+    first, _ = nodes
+    node = first.node
+    key, _ = await node.api_keys.create("t", ALL_SCOPES)
+    api = Api(first.url, key)
+    sock = await Socket.open(first.url, await api.token("p-1"))
+    await sock.expect("welcome")
+    payload = {"type": "custom", "priority": "normal", "title": "lost", "message": "m"}
+    doc = node.notifications.build({**payload, "data": {}}, utcnow(), user_id="p-1")
+    doc["seq"] = await node.store.high_seq() + 1
+
+    # Another connection stands for the service's lost write: it reaches MongoDB, which is
+    # stuck; the writer gives up on it and cannot hide what it may have stored either.
+    other = AsyncMongoClient(database.uri, tz_aware=True)
+    await other.admin.command("ping")  # connected: the insert goes out at once
+    database.freeze()
+    try:
+        insert = asyncio.create_task(other[node.store.db.name].notifications.insert_one(doc))
+        await asyncio.sleep(0.2)
+        await node.sequencer._undo([doc])
+        assert not node.sequencer.clean and doc["_id"] in node.hub.withheld
+        assert (await send(api, "GET", "/readyz"))[0] == 503
+    finally:
+        database.thaw()
+    await insert  # MongoDB stored it after all, and the change stream rings every node
+    await other.close()
+
+    await wait_ready(api)  # ready again only once the leftover is hidden
+    assert node.sequencer.clean
+    assert is_hidden(await node.store.get(doc["_id"]))
+    await node.hub.catch_up()
+    await sock.nothing()
+    assert await titles_in_feed(api, "p-1") == []
+    assert (await api.get("/v1/users/p-1/unread-count"))["count"] == 0
+
+
+# ---- helpers ---------------------------------------------------------------------------
+
+
+def one(user_id: str, title: str) -> dict:
+    return {"user_id": user_id, "type": "custom", "title": title, "message": "m"}
+
+
+async def send(api: Api, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
+    """A call that may answer any status: (status, data or error), the envelope checked."""
+    req = HTTPRequest(
+        api.base_url + path,
+        method=method,
+        headers={"Authorization": f"Bearer {api.key}", "Content-Type": "application/json"},
+        body=None if method == "GET" else json.dumps(body or {}),
+        request_timeout=30,
+    )
+    resp = await api.client.fetch(req, raise_error=False)
+    envelope = json.loads(resp.body)
+    assert envelope["success"] is (resp.code < 400), envelope
+    return resp.code, envelope["data"] if resp.code < 400 else envelope["error"]
+
+
+async def wait_for_title(sock: Socket, title: str) -> None:
+    deadline = time.monotonic() + 10
+    while not any(
+        f["type"] == "notification" and f["notification"]["title"] == title for f in sock.frames
+    ):
+        assert time.monotonic() < deadline, f"{title!r} never arrived"
+        await sock.expect("notification", timeout=deadline - time.monotonic())
