@@ -46,7 +46,9 @@ class Settings:
         "", "comma-separated Origins allowed on sockets; empty: same host"
     )
     ping_interval: float = setting(20.0, "seconds between WebSocket pings")
-    ping_timeout: float = setting(30.0, "seconds without a pong before a socket is dropped")
+    ping_timeout: float = setting(
+        20.0, "seconds without a pong before a socket is dropped (at most the ping interval)"
+    )
     auth_timeout: float = setting(10.0, "seconds a socket may take to send its auth frame")
     max_frame_bytes: int = setting(65536, "largest client frame; larger closes with 1009")
     max_body_bytes: int = setting(1048576, "largest REST request body; larger is a 413")

@@ -24,7 +24,7 @@ class NotificationsHandler(APIHandler):
     async def post(self) -> None:
         """Store and deliver a notification, or one per user of ``user_ids`` (scope ``notify``)."""
         await self.require_scope("notify")
-        req = self.load(schemas.NotificationIn(), self.body())
+        req = self.load(schemas.shared(schemas.NotificationIn), self.body())
         stored = await self.services.notifications.create(req)
         self.ok(stored if "user_ids" in req else stored[0], 201)
 

@@ -7,11 +7,11 @@ import logging
 from typing import Any
 
 import pymongo
-from marshmallow import Schema, ValidationError
+from marshmallow import Schema
 from pymongo.errors import PyMongoError
 from tornado import web
 
-from server import logs
+from server import logs, schemas
 from server.audit import actor_of
 from server.auth import Principal, looks_like_token
 from server.errors import ServiceError, StorageUnavailable, TooLarge, Unauthorized, ValidationFailed
@@ -131,10 +131,7 @@ class APIHandler(BaseHandler):
         """Validate with a schema; a 400 with per-field messages if it fails."""
         if not isinstance(data, dict):
             raise ValidationFailed("expected a JSON object")
-        try:
-            return schema.load(data)
-        except ValidationError as err:
-            raise ValidationFailed("the request is not valid", fields=_fields(err)) from None
+        return schemas.load(schema, data)
 
     def query(self, schema: Schema) -> dict:
         """Validate the query string with a schema (each argument given once)."""
@@ -215,8 +212,3 @@ class NotFoundHandler(APIHandler):
 def _implements(handler: web.RequestHandler, method: str) -> bool:
     impl = getattr(type(handler), method.lower(), None)
     return impl is not None and impl is not getattr(web.RequestHandler, method.lower(), None)
-
-
-def _fields(err: ValidationError) -> dict:
-    messages = err.messages
-    return messages if isinstance(messages, dict) else {"_schema": messages}

@@ -17,11 +17,12 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
-from marshmallow import Schema, ValidationError
+from marshmallow import Schema
 from pymongo.errors import PyMongoError
 from tornado import web
 
 from handlers.base import BaseHandler
+from server import schemas
 from server.dashboard_views import Dashboard
 from server.errors import Forbidden, ServiceError, ValidationFailed
 from server.metrics import METRICS
@@ -127,17 +128,21 @@ class PageHandler(BaseHandler):
         """Whether cookies get the Secure flag."""
         return self.request.protocol == "https" or self.config.secure_cookies
 
-    def start_session(self, token: str) -> None:
-        """Set the session cookie (HttpOnly, SameSite=Strict, Secure over HTTPS)."""
+    def _set_private_cookie(self, name: str, value: str, path: str) -> None:
+        """A signed session cookie: HttpOnly, SameSite=Strict, Secure over HTTPS."""
         self.set_signed_cookie(
-            SESSION_COOKIE,
-            token,
+            name,
+            value,
             expires_days=None,
             httponly=True,
             samesite="Strict",
             secure=self.secure,
-            path="/",
+            path=path,
         )
+
+    def start_session(self, token: str) -> None:
+        """Set the session cookie."""
+        self._set_private_cookie(SESSION_COOKIE, token, "/")
 
     def end_session(self) -> None:
         """Clear the session cookie."""
@@ -164,10 +169,9 @@ class PageHandler(BaseHandler):
             elif texts[0].strip():
                 data[name] = texts[0]
         try:
-            return schema.load(data)
-        except ValidationError as err:
-            messages = err.messages if isinstance(err.messages, dict) else {"_schema": err.messages}
-            raise ValidationFailed("the form is not valid", _flatten(messages)) from None
+            return schemas.load(schema, data, "the form is not valid")
+        except ValidationFailed as err:
+            raise ValidationFailed(err.message, _flatten(err.fields)) from None
 
     def raw_form(self) -> dict[str, str]:
         """The submitted values as typed (to show them again beside their errors)."""
@@ -178,15 +182,7 @@ class PageHandler(BaseHandler):
 
     def flash(self, message: str) -> None:
         """A one-line notice shown on the next page (after a redirect)."""
-        self.set_signed_cookie(
-            FLASH_COOKIE,
-            message,
-            expires_days=None,
-            httponly=True,
-            samesite="Strict",
-            secure=self.secure,
-            path="/dashboard",
-        )
+        self._set_private_cookie(FLASH_COOKIE, message, "/dashboard")
 
     def _take_flash(self) -> str | None:
         raw = self.get_signed_cookie(FLASH_COOKIE, max_age_days=1)

@@ -77,7 +77,7 @@ class NotificationSocket(websocket.WebSocketHandler):
     # dict's keys between instances, which costs 1.3 KiB more per socket (bench connections).
     # A new attribute belongs here too.
     __slots__ = (
-        "_auth_timer", "_gate", "bad_frames", "principal", "query_in", "request_id",
+        "_gate", "_timer", "bad_frames", "principal", "query_in", "request_id",
         "subscription",
     )  # fmt: skip
 
@@ -88,7 +88,7 @@ class NotificationSocket(websocket.WebSocketHandler):
         self.query_in: dict | None = None
         self.bad_frames = 0
         self._gate: FrameGate | OpenGate | None = None
-        self._auth_timer: object | None = None
+        self._timer: object | None = None
         super().__init__(*args, **kwargs)
 
     @property
@@ -120,7 +120,7 @@ class NotificationSocket(websocket.WebSocketHandler):
         }
         self._forget_query()
         try:
-            self.query_in = schemas.SocketQuery().load(args_in)
+            self.query_in = schemas.shared(schemas.SocketQuery).load(args_in)
         except ValidationError as err:
             return self._refuse(400, "validation_error", "the query is not valid", err.messages)
         token = self.query_in.get("token")
@@ -160,7 +160,10 @@ class NotificationSocket(websocket.WebSocketHandler):
             await self._start()
         else:
             timeout = self.services.settings.auth_timeout
-            self._auth_timer = IOLoop.current().call_later(timeout, self._auth_timeout)
+            self._timer = IOLoop.current().call_later(timeout, self._auth_timeout)
+
+    def _token_expired(self) -> None:
+        self.close(POLICY, "token expired; reconnect with a fresh token")
 
     def _auth_timeout(self) -> None:
         if self.principal is None:
@@ -177,6 +180,9 @@ class NotificationSocket(websocket.WebSocketHandler):
             self.subscription = node.hub.subscribe(self, principal.id, principal.roles, info)
         except OverCapacity as exc:
             return self.close(TRY_LATER, exc.message)
+        if principal.expires_at is not None:  # the contract closes 1008 when the token expires
+            left = (principal.expires_at - utcnow()).total_seconds()
+            self._timer = IOLoop.current().call_later(max(0.0, left), self._token_expired)
         self._audit("socket.open", principal.id, connection_id=self.subscription.id)
         roles = self.subscription.roles
         since = self.query_in.get("since")
@@ -232,7 +238,7 @@ class NotificationSocket(websocket.WebSocketHandler):
                 self.principal = self.services.tokens.check(frame["token"])
             except Unauthorized:
                 return self.close(POLICY, "the token is not valid")
-            IOLoop.current().remove_timeout(self._auth_timer)
+            IOLoop.current().remove_timeout(self._timer)
             return await self._start()
         if kind == "ping":
             return self._send({"type": "pong"})
@@ -304,7 +310,7 @@ class NotificationSocket(websocket.WebSocketHandler):
             self.services.hub.unsubscribe(sub)
             self.subscription = None
             self._audit("socket.close", sub.user_id, connection_id=sub.id, code=self.close_code)
-        timer = getattr(self, "_auth_timer", None)
+        timer = getattr(self, "_timer", None)
         if timer is not None:
             IOLoop.current().remove_timeout(timer)
 

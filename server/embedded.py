@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -150,8 +151,20 @@ def serve() -> None:
         purge(self)
 
     Collection._auto_purge_ttl = purge_once_a_minute
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     sys.argv[0] = "nx-27017"
     main()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End the server when the process that started it is gone (killed, not stopped).
+
+    The child runs in its own session so that a terminal's Ctrl-C reaches the service first
+    (which then stops it cleanly); a parent killed outright would otherwise leave it behind.
+    """
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pymongo
 from pymongo import AsyncMongoClient
@@ -25,6 +23,7 @@ from server.notifications import Notifications
 from server.presence import ClusterPresence
 from server.ratelimit import RateLimits
 from server.scheduler import ScheduledStore, Scheduler
+from server.secret_files import local_secret
 from server.sequencer import Sequencer
 from server.store import Store, connect
 from server.timeutil import utcnow
@@ -40,18 +39,8 @@ INDEX_ATTEMPTS = 6
 
 
 def token_secret(settings: Settings) -> str:
-    """The token secret: the setting, or in development one kept in the data folder."""
-    if settings.token_secret:
-        return settings.token_secret
-    if settings.production:
-        raise SystemExit("NOTIFY_TOKEN_SECRET is required when NOTIFY_ENV=production")
-    path = Path(settings.data_dir) / "token_secret"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_urlsafe(48))
-    return path.read_text().strip()
+    """The secret that signs connection tokens."""
+    return local_secret(settings, settings.token_secret, "token_secret")
 
 
 @dataclass

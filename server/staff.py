@@ -10,55 +10,32 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import re
 import secrets
 from datetime import timedelta
-from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from marshmallow import Schema, ValidationError
 
 from server import schemas
 from server.audit import Audit
 from server.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from server.ratelimit import RateLimits
+from server.secret_files import local_secret
 from server.staff_store import StaffStore
 from server.timeutil import utcnow
 from settings import Settings
 
 USERNAME_RE = re.compile(schemas.USERNAME_PATTERN)
 FIRST_ADMIN = "admin"
+FORM_INVALID = "the form is not valid"
 
 HASHER = PasswordHasher()
 
 
 def cookie_secret(settings: Settings) -> str:
-    """The cookie signing secret: the setting, or in development one kept in the data folder."""
-    if settings.cookie_secret:
-        return settings.cookie_secret
-    if settings.production:
-        raise SystemExit("NOTIFY_COOKIE_SECRET is required when NOTIFY_ENV=production")
-    path = Path(settings.data_dir) / "cookie_secret"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another node of the same folder wrote it first
-            return path.read_text().strip()
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_urlsafe(48))
-    return path.read_text().strip()
-
-
-def validated(schema: Schema, data: dict) -> dict:
-    """Load with a schema; a ValidationFailed with per-field messages if it fails."""
-    try:
-        return schema.load(data)
-    except ValidationError as err:
-        messages = err.messages if isinstance(err.messages, dict) else {"_schema": err.messages}
-        raise ValidationFailed("the form is not valid", messages) from None
+    """The secret that signs dashboard cookies."""
+    return local_secret(settings, settings.cookie_secret, "cookie_secret")
 
 
 def session_digest(token: str) -> str:
@@ -84,7 +61,7 @@ class StaffAccounts:
     async def create(self, username: str, password: str, role: str, actor: str) -> dict:
         """A new enabled account; a taken username is a Conflict."""
         new = {"username": username, "password": password, "role": role}
-        loaded = validated(schemas.StaffIn(), new)
+        loaded = schemas.load(schemas.StaffIn(), new, FORM_INVALID)
         username, password, role = loaded["username"], loaded["password"], loaded["role"]
         digest = await asyncio.to_thread(self.hasher.hash, password)
         doc = {
@@ -118,7 +95,7 @@ class StaffAccounts:
 
     async def set_role(self, actor: str, username: str, role: str) -> dict:
         """Change an account's role; the last enabled admin stays an admin."""
-        validated(schemas.StaffChangeIn(), {"action": "role", "role": role})
+        schemas.load(schemas.StaffChangeIn(), {"action": "role", "role": role}, FORM_INVALID)
         username = normalize(username)
         account = await self._existing(username)
         if account["role"] == "admin" and role != "admin":
@@ -153,7 +130,7 @@ class StaffAccounts:
     async def set_password(self, actor: str, username: str, password: str) -> None:
         """Set a password (own change, or a reset from the command line); ends sessions."""
         change = {"current": "-", "new": password, "confirm": password}
-        validated(schemas.PasswordChangeIn(), change)
+        schemas.load(schemas.PasswordChangeIn(), change, FORM_INVALID)
         username = normalize(username)
         await self._existing(username)
         digest = await asyncio.to_thread(self.hasher.hash, password)

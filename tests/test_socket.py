@@ -238,3 +238,14 @@ async def test_a_bad_since_is_refused_before_the_upgrade(node, api, since):
     with pytest.raises(HTTPClientError) as info:
         await websocket_connect(_url(node, token=await api.token("p-1"), since=since))
     assert info.value.code == 400
+
+
+async def test_a_socket_is_closed_with_1008_when_its_token_expires(node):
+    import time
+
+    token = jwt.encode(
+        {"sub": "p-1", "roles": [], "exp": int(time.time()) + 2}, TOKEN_SECRET, algorithm="HS256"
+    )
+    sock = await Socket.open(node.url, token)
+    await sock.expect("welcome")
+    assert await sock.closed(timeout=6) == 1008
