@@ -104,6 +104,13 @@ class NotificationSocket(websocket.WebSocketHandler):
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         """Refuse bad Origins (403), bad tokens (401) and bad queries (400) before upgrading."""
+        # Checked in a plain method: this coroutine's frame lives as long as the socket (it
+        # awaits Tornado's frame loop), and its locals (the query, the token) with it.
+        if self._admitted():
+            await super().get(*args, **kwargs)
+
+    def _admitted(self) -> bool:
+        """Check the request; answer and return False if it may not upgrade."""
         self.request_id = logs.request_id(self.request.headers.get("X-Request-Id"))
         logs.REQUEST_ID.set(self.request_id)  # the socket's own log lines carry it too
         self.set_header("X-Request-Id", self.request_id)
@@ -123,7 +130,7 @@ class NotificationSocket(websocket.WebSocketHandler):
             self.query_in = schemas.shared(schemas.SocketQuery).load(args_in)
         except ValidationError as err:
             return self._refuse(400, "validation_error", "the query is not valid", err.messages)
-        token = self.query_in.get("token")
+        token = self.query_in.pop("token", None)  # no copy kept once checked
         if token:
             try:
                 self.principal = self.services.tokens.check(token)
@@ -133,7 +140,7 @@ class NotificationSocket(websocket.WebSocketHandler):
             if wanted is not None and wanted != self.principal.id:
                 self._audit("access.denied", wanted)
                 return self._refuse(403, "forbidden", "user_id does not match the token")
-        await super().get(*args, **kwargs)
+        return True
 
     def _forget_query(self) -> None:
         """Keep no copy of the query for the socket's life: its token is a credential (and
@@ -146,13 +153,15 @@ class NotificationSocket(websocket.WebSocketHandler):
         detail.update(ip=self.request.remote_ip, request_id=self.request_id)
         self.services.audit.note(actor_of(self.principal), action, target, **detail)
 
-    def _refuse(self, status: int, code: str, message: str, fields: dict | None = None) -> None:
+    def _refuse(self, status: int, code: str, message: str, fields: dict | None = None) -> bool:
+        """Answer with the contract's error envelope instead of upgrading; False."""
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         error: dict[str, Any] = {"code": code, "message": message}
         if fields:
             error["fields"] = fields
         self.finish(json.dumps({"success": False, "error": error}))
+        return False
 
     async def open(self, *args: Any, **kwargs: Any) -> None:
         """Start at once with a query token; otherwise wait for the auth frame."""

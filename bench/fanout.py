@@ -1,0 +1,115 @@
+"""``fanout``: one broadcast to every connected user, against the baseline's loop.
+
+The service and the baseline run side by side, each with its own sockets and client
+processes, and take turns: a service round, then a baseline round, and so on, so each
+pair of rounds meets the same machine load (a shared machine's noise is larger than the
+difference measured). Per round: the server's send loop (the service's
+``notify_fanout_seconds`` metric: framing once, then the loop over the sockets, after the
+broadcast was stored; the baseline times its own ``write_message`` loop over the same
+number of sockets with the same frame text), and the time from the request until the last
+client has the frame. The figures are medians over the rounds, and the median of the
+per-pair ratios.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+from bench.clients import LoadClients
+from bench.report import Options, Report, ms
+from bench.service import Baseline, Service
+
+DEFAULT_USERS = 10_000
+ROUNDS = 7
+TARGET_LOOP_RATIO = 0.3
+# About 300 bytes on the wire, like a typical short clinic announcement.
+BROADCAST = {
+    "audience": "all",
+    "title": "Clinic closed on Friday",
+    "message": "The clinic is closed on Friday 4 December for staff training. "
+    "Online booking stays open.",
+}
+
+
+def frame_text(stored: dict) -> str:
+    """The text of the service's frame for a stored broadcast (what the baseline sends)."""
+    message = {"type": "notification", "notification": stored}
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+
+
+async def arrivals(clients: LoadClients) -> list[float]:
+    """When each client got the frame it waited for (monotonic clock)."""
+    return [t for a in await clients.each("wait", timeout=60) for t in a["arrivals"]]
+
+
+async def service_round(service: Service, clients: LoadClients) -> tuple[float, float, dict]:
+    """One broadcast: the server's loop time, the time until all have it, the broadcast."""
+    await clients.each("reset", target=1)
+    before = await service.metrics()
+    api = service.api()
+    started = time.monotonic()
+    try:
+        stored = await api.json("POST", "/v1/broadcasts", BROADCAST, expect=201)
+    finally:
+        api.close()
+    got = await arrivals(clients)
+    after = await service.metrics()
+    loop = after["notify_fanout_seconds_sum"] - before["notify_fanout_seconds_sum"]
+    span = max(got) - started if got else float("nan")
+    return loop, span, {"received": len(got), "stored": stored}
+
+
+async def baseline_round(baseline: Baseline, clients: LoadClients, text: str) -> tuple:
+    """The same frame text through the baseline's ``write_message`` loop."""
+    await clients.each("reset", target=1)
+    started = time.monotonic()
+    answer = await baseline.broadcast(text)
+    got = await arrivals(clients)
+    span = max(got) - started if got else float("nan")
+    return answer["loop_seconds"], span, {"received": len(got)}
+
+
+async def run(opts: Options, out: Report) -> None:
+    """Both servers up with as many sockets each; alternate rounds; medians and ratios."""
+    users = [f"u{i}" for i in range(opts.sized(DEFAULT_USERS))]
+    ours = await LoadClients.start(len(users), opts.processes)
+    theirs = await LoadClients.start(len(users), opts.processes)
+    service = baseline = None
+    try:
+        service = await Service.start(opts.workdir, mongodb_uri=opts.mongodb_uri)
+        baseline = await Baseline.start(opts.workdir)
+        got = await ours.connect(service, [service.socket_path(u) for u in users])
+        out.line(f"service connected={got['connected']} failed={got['failed']}")
+        got = await theirs.connect(baseline, [baseline.socket_path(u) for u in users])
+        out.line(f"baseline connected={got['connected']} failed={got['failed']}")
+        _, _, warm = await service_round(service, ours)  # warm-up; its frame for the baseline
+        text = frame_text(warm["stored"])
+        await baseline_round(baseline, theirs, text)
+        rows = []
+        for i in range(1, ROUNDS + 1):
+            loop, span, info = await service_round(service, ours)
+            base_loop, base_span, base_info = await baseline_round(baseline, theirs, text)
+            rows.append((loop, span, base_loop, base_span))
+            out.line(
+                f"round {i}: service send_loop={ms(loop)} all_received={ms(span)} "
+                f"({info['received']} clients) | baseline send_loop={ms(base_loop)} "
+                f"all_received={ms(base_span)} ({base_info['received']} clients) "
+                f"| loop ratio {loop / base_loop:.2f}"
+            )
+    finally:
+        for clients in (ours, theirs):
+            await clients.stop()
+        for server in (service, baseline):
+            if server is not None:
+                await server.stop()
+    med = [statistics.median(col) for col in zip(*rows, strict=True)]
+    out.line(
+        f"median send_loop service={ms(med[0])} baseline={ms(med[2])} "
+        f"(frame {len(text.encode())} bytes, {len(users)} sockets each)"
+    )
+    out.line(f"median all_received service={ms(med[1])} baseline={ms(med[3])}")
+    out.line(f"median ratio all_received service/baseline: "
+             f"{statistics.median(r[1] / r[3] for r in rows):.2f}")  # fmt: skip
+    out.target("send_loop_ratio", statistics.median(r[0] / r[2] for r in rows), TARGET_LOOP_RATIO)
