@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import signal
 import time
@@ -47,6 +48,7 @@ class Broadcast(web.RequestHandler):
     def post(self) -> None:
         message = self.request.body.decode()
         sockets = self.application.sockets
+        full = gc.get_stats()[2]["collections"]
         started = time.perf_counter()
         for sock in tuple(sockets):
             try:
@@ -54,7 +56,8 @@ class Broadcast(web.RequestHandler):
             except websocket.WebSocketClosedError:
                 sockets.discard(sock)
         loop = time.perf_counter() - started
-        self.write(json.dumps({"loop_seconds": loop, "sockets": len(sockets)}))
+        full = gc.get_stats()[2]["collections"] - full  # full collections inside the loop
+        self.write(json.dumps({"loop_seconds": loop, "sockets": len(sockets), "full_gc": full}))
 
 
 class Send(web.RequestHandler):

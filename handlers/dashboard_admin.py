@@ -16,18 +16,25 @@ ID = r"([A-Za-z0-9][A-Za-z0-9._:@\-]{0,127})"
 USERNAME = r"([A-Za-z0-9][A-Za-z0-9._\-]{1,31})"
 
 
-class ApiKeysHandler(PageHandler):
+class ListPage(PageHandler):
+    """An admin page listing records above a form that creates one (``_page`` renders it)."""
+
+    async def _page(self, status: int = 200, **values) -> None:
+        raise NotImplementedError
+
+    @web.authenticated
+    @admin_only
+    async def get(self) -> None:
+        """The records, and the empty form."""
+        await self._page()
+
+
+class ApiKeysHandler(ListPage):
     async def _page(self, status: int = 200, **values) -> None:
         keys = [api_key(r) for r in await self.services.store.list_api_keys()]
         values.setdefault("errors", {})
         values.setdefault("values", {})
         self.render_page("api_keys.html", status, keys=keys, scopes=schemas.SCOPES, **values)
-
-    @web.authenticated
-    @admin_only
-    async def get(self) -> None:
-        """Every API key (never the keys themselves), and the form for a new one."""
-        await self._page()
 
     @web.authenticated
     @admin_only
@@ -60,7 +67,7 @@ class ApiKeyRevokeHandler(PageHandler):
         self.redirect("/dashboard/api-keys")
 
 
-class StaffHandler(PageHandler):
+class StaffHandler(ListPage):
     async def _page(self, status: int = 200, **values) -> None:
         accounts = await self.dashboard.staff.accounts()
         values.setdefault("errors", {})
@@ -68,12 +75,6 @@ class StaffHandler(PageHandler):
         self.render_page(
             "staff.html", status, accounts=accounts, roles=schemas.STAFF_ROLES, **values
         )
-
-    @web.authenticated
-    @admin_only
-    async def get(self) -> None:
-        """Every staff account, and the form for a new one."""
-        await self._page()
 
     @web.authenticated
     @admin_only

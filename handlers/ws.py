@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 import pymongo
 from marshmallow import ValidationError
 from pymongo.errors import PyMongoError
-from tornado import websocket
+from tornado import httputil, websocket
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
 
@@ -28,6 +28,9 @@ from server.timeutil import utcnow
 log = logging.getLogger("notify.ws")
 
 NORMAL, GOING_AWAY, POLICY, TOO_BIG, TRY_LATER = 1000, 1001, 1008, 1009, 1013
+# What an open socket's request keeps as headers: they are read only by the handshake, and a
+# browser's (cookies included) cost an idle socket a kilobyte or more. Never written to.
+NO_HEADERS = httputil.HTTPHeaders()
 MAX_BAD_FRAMES = 20
 
 
@@ -47,9 +50,9 @@ def stream_send(conn: websocket.WebSocketProtocol | None, data: bytes, limit: in
     Returns SENT, CLOSED, or FULL when more than ``limit`` bytes would be queued (a slow
     reader, whom the caller drops rather than let memory grow).
     """
-    stream = getattr(conn, "stream", None)
-    if stream is None or stream.closed() or conn.is_closing():
+    if conn is None or conn.is_closing():  # the stream closed, or a close frame went out
         return CLOSED
+    stream = conn.stream
     queued = len(stream._write_buffer)
     if not queued and type(stream) is IOStream:
         try:
@@ -185,6 +188,7 @@ class NotificationSocket(websocket.WebSocketHandler):
             return self.close(POLICY, "user_id does not match the token")
         info = {"user_agent": self.request.headers.get("User-Agent", "")[:200]}
         info["ip"] = self.request.remote_ip
+        self.request.headers = NO_HEADERS  # read for the last time (see NO_HEADERS)
         try:
             self.subscription = node.hub.subscribe(self, principal.id, principal.roles, info)
         except OverCapacity as exc:

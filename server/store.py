@@ -5,8 +5,9 @@ Queries avoid ``$or`` and ``count_documents`` on hot paths: the embedded server 
 as full scans, and the same shapes are as fast on a real MongoDB. For the same reason the
 leading field of an index is matched with ``{"$eq": v}``, never a bare ``v`` or ``$in``: the
 embedded server turns those into array-or-scalar matches that no index serves (a full scan
-per query, 20 ms at 10,000 documents), while ``$eq`` becomes a plain indexed comparison. On
-MongoDB both forms mean the same for these scalar fields.
+per query, 20 ms at 10,000 documents), while ``$eq`` becomes a plain indexed comparison; a
+null match is written ``{"$eq": None}`` too (a quarter less database time for the unread
+query there). On MongoDB both forms mean the same for these scalar fields.
 
 The embedded server stores a datetime written by ``$set`` on an existing document as text
 (see ``timeutil.as_datetime``): such fields are only displayed, never range-compared; a time
@@ -177,7 +178,8 @@ class Store:
 
     async def unread_personal_ids(self, user_id: str, now: datetime) -> list[str]:
         """Ids of a user's own unread, visible notifications."""
-        query = {"user_id": {"$eq": user_id}, "read_at": None, "visible_until": {"$gt": now}}
+        query = {"user_id": {"$eq": user_id}, "read_at": {"$eq": None}}
+        query["visible_until"] = {"$gt": now}
         docs = await self.notifications.find(query, {"_id": 1}).to_list()
         return [d["_id"] for d in docs]
 
@@ -209,7 +211,7 @@ class Store:
     async def mark_read(self, user_id: str, notification_id: str, now: datetime) -> bool:
         """Mark the user's own notification read; True if it was unread."""
         result = await self.notifications.update_one(
-            {"_id": notification_id, "user_id": user_id, "read_at": None},
+            {"_id": notification_id, "user_id": user_id, "read_at": {"$eq": None}},
             {"$set": {"read_at": now}},
         )
         return result.modified_count == 1
@@ -241,7 +243,7 @@ class Store:
         """Mark these personal notifications of a user read."""
         if ids:
             await self.notifications.update_many(
-                {"_id": {"$in": ids}, "user_id": user_id, "read_at": None},
+                {"_id": {"$in": ids}, "user_id": user_id, "read_at": {"$eq": None}},
                 {"$set": {"read_at": now}},
             )
 

@@ -172,3 +172,15 @@ async def test_going_live_merges_what_arrived_during_the_replay_in_seq_order(nod
     sub.offer(7, note(7)[1], 100)  # live again: nothing at or below the last seq goes twice
     sub.offer(8, note(8)[1], 100)
     assert (await sock.recv())["notification"]["cursor"] == "8"
+
+
+async def test_an_open_socket_keeps_neither_its_token_nor_its_headers(node, api):
+    token = await api.token("p-1")
+    client = await RawClient.open(node.port, token)
+    assert (await client.message())["type"] == "welcome"
+    request = (await server_side(node, "p-1")).request
+    assert token not in request.uri and not request.query_arguments  # a credential
+    assert not list(request.headers.get_all())  # read by the handshake only
+    created = await api.notify("p-1")
+    assert (await client.message())["notification"]["id"] == created["id"]
+    client.close()
