@@ -20,6 +20,8 @@ from server.node import Node
 from server.schemas import parse_json
 
 log = logging.getLogger("notify.api")
+# Built once: json.dumps with an argument builds a new encoder on every call.
+_to_json = json.JSONEncoder(ensure_ascii=False).encode
 
 STATUS_CODES = {
     400: "bad_request",
@@ -147,7 +149,7 @@ class APIHandler(BaseHandler):
     def ok(self, data: Any, status: int = 200) -> None:
         """Write the success envelope."""
         self.set_status(status)
-        self.finish(json.dumps({"success": True, "data": data}, ensure_ascii=False))
+        self.finish(_to_json({"success": True, "data": data}))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -169,7 +171,7 @@ class APIHandler(BaseHandler):
         error: dict[str, Any] = {"code": code, "message": message or self._reason}
         if fields:
             error["fields"] = fields
-        self.finish(json.dumps({"success": False, "error": error}, ensure_ascii=False))
+        self.finish(_to_json({"success": False, "error": error}))
 
     def on_finish(self) -> None:
         """Audit who read or changed a user's notifications, and every refusal (403).

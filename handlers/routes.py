@@ -33,6 +33,8 @@ def log_request(handler: web.RequestHandler) -> None:
     """One access line per request: method, path without its query (tokens!), status, time."""
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if not access_log.isEnabledFor(level):  # nothing below to build for a line not written
+        return
     millis = 1000.0 * handler.request.request_time()
     access_log.log(
         level,

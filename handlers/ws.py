@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import urlparse
 
@@ -11,7 +13,6 @@ import pymongo
 from marshmallow import ValidationError
 from pymongo.errors import PyMongoError
 from tornado import httputil, websocket
-from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
 
 from server import logs, schemas, wire
@@ -31,6 +32,7 @@ NORMAL, GOING_AWAY, POLICY, TOO_BIG, TRY_LATER = 1000, 1001, 1008, 1009, 1013
 # What an open socket's request keeps as headers: they are read only by the handshake, and a
 # browser's (cookies included) cost an idle socket a kilobyte or more. Never written to.
 NO_HEADERS = httputil.HTTPHeaders()
+NO_ARGUMENTS: dict[str, list[bytes]] = {}  # the same, for the query's arguments
 MAX_BAD_FRAMES = 20
 
 
@@ -91,7 +93,7 @@ class NotificationSocket(websocket.WebSocketHandler):
         self.query_in: dict | None = None
         self.bad_frames = 0
         self._gate: FrameGate | OpenGate | None = None
-        self._timer: object | None = None
+        self._timer: asyncio.TimerHandle | None = None
         super().__init__(*args, **kwargs)
 
     @property
@@ -105,12 +107,14 @@ class NotificationSocket(websocket.WebSocketHandler):
             return origin.rstrip("/") in allowed or "*" in allowed
         return urlparse(origin).netloc.lower() == self.request.host.lower()
 
-    async def get(self, *args: Any, **kwargs: Any) -> None:
+    def get(self, *args: Any, **kwargs: Any) -> Awaitable[None] | None:
         """Refuse bad Origins (403), bad tokens (401) and bad queries (400) before upgrading."""
-        # Checked in a plain method: this coroutine's frame lives as long as the socket (it
-        # awaits Tornado's frame loop), and its locals (the query, the token) with it.
+        # Not a coroutine: Tornado awaits what this returns, Tornado's own upgrade, which runs
+        # the frame loop for the socket's life. A coroutine here would await it, and its frame
+        # (344 bytes, and its locals: the query, the token) would live as long.
         if self._admitted():
-            await super().get(*args, **kwargs)
+            return super().get(*args, **kwargs)
+        return None
 
     def _admitted(self) -> bool:
         """Check the request; answer and return False if it may not upgrade."""
@@ -147,10 +151,16 @@ class NotificationSocket(websocket.WebSocketHandler):
 
     def _forget_query(self) -> None:
         """Keep no copy of the query for the socket's life: its token is a credential (and
-        four copies of it cost a socket about 1 KiB)."""
+        five copies of it cost a socket about 1 KiB)."""
         request = self.request
         request.uri, request.query = request.path, ""
-        request.arguments, request.query_arguments = {}, {}
+        request.arguments, request.query_arguments = NO_ARGUMENTS, NO_ARGUMENTS
+        # Tornado's HTTP/1 connection keeps the request line (the URI, token included) for
+        # the response's sake, which reads only its method and version.
+        conn = request.connection
+        start_line = getattr(conn, "_request_start_line", None)
+        if isinstance(start_line, httputil.RequestStartLine):
+            conn._request_start_line = start_line._replace(path=request.path)
 
     def _audit(self, action: str, target: str, **detail: Any) -> None:
         detail.update(ip=self.request.remote_ip, request_id=self.request_id)
@@ -168,11 +178,20 @@ class NotificationSocket(websocket.WebSocketHandler):
 
     async def open(self, *args: Any, **kwargs: Any) -> None:
         """Start at once with a query token; otherwise wait for the auth frame."""
+        self._forget_response()
         if self.principal is not None:
             await self._start()
         else:
             timeout = self.services.settings.auth_timeout
-            self._timer = IOLoop.current().call_later(timeout, self._auth_timeout)
+            self._timer = asyncio.get_running_loop().call_later(timeout, self._auth_timeout)
+
+    def _forget_response(self) -> None:
+        """Drop what only the upgrade's answer needed, which Tornado keeps as long as the
+        socket: its headers (sent by now; none is set on a socket, and Tornado refuses
+        set_header) and the template helpers (which Tornado itself drops at close): 1.5 KB
+        a socket."""
+        self._headers = NO_HEADERS
+        self.ui = None
 
     def _token_expired(self) -> None:
         self.close(POLICY, "token expired; reconnect with a fresh token")
@@ -186,16 +205,20 @@ class NotificationSocket(websocket.WebSocketHandler):
         wanted = self.query_in.get("user_id")
         if wanted is not None and wanted != principal.id:
             return self.close(POLICY, "user_id does not match the token")
-        info = {"user_agent": self.request.headers.get("User-Agent", "")[:200]}
-        info["ip"] = self.request.remote_ip
+        agent = self.request.headers.get("User-Agent", "")[:200]
         self.request.headers = NO_HEADERS  # read for the last time (see NO_HEADERS)
         try:
-            self.subscription = node.hub.subscribe(self, principal.id, principal.roles, info)
+            self.subscription = node.hub.subscribe(
+                self, principal.id, principal.roles, agent, self.request.remote_ip
+            )
         except OverCapacity as exc:
             return self.close(TRY_LATER, exc.message)
         if principal.expires_at is not None:  # the contract closes 1008 when the token expires
             left = (principal.expires_at - utcnow()).total_seconds()
-            self._timer = IOLoop.current().call_later(max(0.0, left), self._token_expired)
+            # asyncio's timer, not IOLoop.call_later: Tornado's wraps the callback in two more
+            # objects, which cost a socket 250 bytes for as long as the token lives.
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(max(0.0, left), self._token_expired)
         self._audit("socket.open", principal.id, connection_id=self.subscription.id)
         roles = self.subscription.roles
         since = self.query_in.get("since")
@@ -203,7 +226,7 @@ class NotificationSocket(websocket.WebSocketHandler):
         try:
             with pymongo.timeout(node.settings.storage_timeout):  # a hung MongoDB: 1013
                 await node.store.remember_user(
-                    principal.id, list(roles), self.subscription.info["connected_at"]
+                    principal.id, list(roles), self.subscription.connected_at
                 )
                 unread = await node.notifications.unread_count(principal.id, roles)
                 replay = None
@@ -238,7 +261,7 @@ class NotificationSocket(websocket.WebSocketHandler):
         if not self._admit():
             return
         if self.subscription is not None:  # the dashboard's "last activity" of this socket
-            self.subscription.info["last_active"] = utcnow()
+            self.subscription.last_active = utcnow()
         try:
             frame = schemas.load_frame(message)
         except ValidationError as err:
@@ -251,7 +274,7 @@ class NotificationSocket(websocket.WebSocketHandler):
                 self.principal = self.services.tokens.check(frame["token"])
             except Unauthorized:
                 return self.close(POLICY, "the token is not valid")
-            IOLoop.current().remove_timeout(self._timer)
+            self._timer.cancel()
             return await self._start()
         if kind == "ping":
             return self._send({"type": "pong"})
@@ -325,7 +348,7 @@ class NotificationSocket(websocket.WebSocketHandler):
             self._audit("socket.close", sub.user_id, connection_id=sub.id, code=self.close_code)
         timer = getattr(self, "_timer", None)
         if timer is not None:
-            IOLoop.current().remove_timeout(timer)
+            timer.cancel()
 
     def on_ping(self, data: bytes) -> None:
         """Protocol-level pings are answered by Tornado."""

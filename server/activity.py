@@ -215,7 +215,7 @@ class LiveFeed:
             ]
         else:
             subs = hub.everyone
-        newest = heapq.nlargest(MAX_ROWS, subs, key=lambda s: s.info["connected_at"])
+        newest = heapq.nlargest(MAX_ROWS, subs, key=lambda s: s.connected_at)
         return {
             "type": "connections",
             "filter": prefix,
@@ -227,13 +227,12 @@ class LiveFeed:
 
 def connection_row(sub: Subscription) -> dict[str, Any]:
     """One connection as the dashboard lists it."""
-    info = sub.info
     return {
         "id": sub.id,
         "user_id": sub.user_id,
         "roles": list(sub.roles),
-        "user_agent": info.get("user_agent", ""),
-        "ip": info.get("ip", ""),
-        "since": iso(info.get("connected_at")),
-        "last_active": iso(info.get("last_active") or info.get("connected_at")),
+        "user_agent": sub.user_agent,
+        "ip": sub.ip,
+        "since": iso(sub.connected_at),
+        "last_active": iso(sub.last_active or sub.connected_at),
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,8 @@ KEY_PREFIX = "nk_"
 ALGORITHM = "HS256"
 
 
-@dataclass(frozen=True)
+# Slots: a socket keeps its token's principal for as long as it is open.
+@dataclass(frozen=True, slots=True)
 class Principal:
     """Who is calling: an API key (with scopes) or a connection token's user."""
 
@@ -83,7 +85,9 @@ class Tokens:
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise Unauthorized("the token's roles are not a list of strings")
         expires = datetime.fromtimestamp(claims["exp"], UTC)
-        return Principal("token", sub, roles=tuple(roles[:20]), expires_at=expires)
+        # Role names interned: thousands of sockets share a handful, one string each.
+        roles = tuple(sys.intern(r) for r in roles[:20])
+        return Principal("token", sub, roles=roles, expires_at=expires)
 
 
 def hash_key(key: str) -> str:

@@ -264,7 +264,7 @@ class Bus:
             return
         frames = [wire.frame(m) for m in messages]
         for sub in tuple(self.hub.user_subscriptions(user_id)):
-            if sub.info.get("connected_at", event["at"]) <= event["at"]:
+            if sub.connected_at <= event["at"]:
                 for data in frames:
                     sub.conn.send_frame(data)
 

@@ -311,6 +311,10 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# Built once: json.loads with an argument builds a new decoder on every call.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+
+
 def parse_json(raw: str | bytes) -> Any:
     """JSON text to Python; raises ValueError or RecursionError for what cannot be kept.
 
@@ -318,8 +322,17 @@ def parse_json(raw: str | bytes) -> Any:
     bytes, which it decodes with ``surrogatepass``), none of which MongoDB or a JSON answer
     can carry: they are refused here rather than fail later as a 500.
     """
-    value = json.loads(raw, parse_constant=_no_constant)
-    json.dumps(value, ensure_ascii=False).encode("utf-8")  # UnicodeEncodeError: a ValueError
+    if isinstance(raw, bytes | bytearray):  # as json.loads does
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+    elif raw.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", raw, 0)
+    else:
+        text = raw
+    value = _DECODER.decode(text)
+    if "\\u" in text:  # an escape may make a lone surrogate: check what it became
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    else:  # every string came from the text itself, which must then be valid Unicode
+        text.encode("utf-8")  # UnicodeEncodeError: a ValueError
     return value
 
 

@@ -79,19 +79,29 @@ class Sequencer:
         """
         if idempotent:
             self._keep.update(d["_id"] for d in docs)
-        fut = asyncio.get_running_loop().create_future()
-        self._waiting.append((docs, fut))
+        loop = asyncio.get_running_loop()
+        request = (docs, loop.create_future())
+        self._waiting.append(request)
         self._wake.set()
+        # A plain timer, not wait_for(shield(...)): that costs a few more loop turns on
+        # every request, and this is the path of every notification stored.
+        timer = loop.call_later(self.write_timeout, self._withdraw, request)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), self.write_timeout)
-        except TimeoutError:
-            for i, (_, queued) in enumerate(self._waiting):
-                if queued is fut:  # never taken by the writer: withdrawn, nothing written
-                    del self._waiting[i]
-                    self._forget([(docs, fut)])
-                    METRICS.storage_errors.inc()
-                    raise StorageUnavailable("storage did not answer in time") from None
-            return await fut  # being written: its own timeout ends the write
+            return await request[1]
+        finally:
+            timer.cancel()
+
+    def _withdraw(self, request: tuple[list[dict], asyncio.Future]) -> None:
+        """The write timeout passed: a request still queued fails, with nothing written."""
+        for i, queued in enumerate(self._waiting):
+            if queued is request:
+                del self._waiting[i]
+                self._forget([request])
+                METRICS.storage_errors.inc()
+                if not request[1].done():
+                    request[1].set_exception(StorageUnavailable("storage did not answer in time"))
+                return
+        # Taken by the writer: being written, and its own timeout ends the write.
 
     @property
     def clean(self) -> bool:

@@ -178,9 +178,12 @@ async def test_an_open_socket_keeps_neither_its_token_nor_its_headers(node, api)
     token = await api.token("p-1")
     client = await RawClient.open(node.port, token)
     assert (await client.message())["type"] == "welcome"
-    request = (await server_side(node, "p-1")).request
+    handler = await server_side(node, "p-1")
+    request = handler.request
     assert token not in request.uri and not request.query_arguments  # a credential
+    assert token not in repr(vars(request.connection))  # nor Tornado's request line
     assert not list(request.headers.get_all())  # read by the handshake only
+    assert not list(handler._headers.get_all())  # the upgrade's answer: sent and dropped
     created = await api.notify("p-1")
     assert (await client.message())["notification"]["id"] == created["id"]
     client.close()
