@@ -82,7 +82,7 @@ class NotificationSocket(websocket.WebSocketHandler):
     # dict's keys between instances, which costs 1.3 KiB more per socket (bench connections).
     # A new attribute belongs here too.
     __slots__ = (
-        "_gate", "_timer", "bad_frames", "principal", "query_in", "request_id",
+        "_gate", "_send_limit", "_timer", "bad_frames", "principal", "query_in", "request_id",
         "subscription",
     )  # fmt: skip
 
@@ -95,6 +95,8 @@ class NotificationSocket(websocket.WebSocketHandler):
         self._gate: FrameGate | OpenGate | None = None
         self._timer: asyncio.TimerHandle | None = None
         super().__init__(*args, **kwargs)
+        # Read once: send_frame runs once per socket in every fan-out.
+        self._send_limit: int = self.services.settings.send_buffer_bytes
 
     @property
     def services(self) -> Node:
@@ -228,10 +230,9 @@ class NotificationSocket(websocket.WebSocketHandler):
                 await node.store.remember_user(
                     principal.id, list(roles), self.subscription.connected_at
                 )
-                unread = await node.notifications.unread_count(principal.id, roles)
-                replay = None
-                if since is not None:
-                    replay = await node.notifications.replay(principal.id, roles, int(since))
+                unread, replay = await node.notifications.on_connect(
+                    principal.id, roles, None if since is None else int(since)
+                )
         except PyMongoError:
             METRICS.storage_errors.inc()
             return self.close(TRY_LATER, "storage unavailable; retry")
@@ -315,7 +316,7 @@ class NotificationSocket(websocket.WebSocketHandler):
 
     def send_frame(self, data: bytes) -> bool:
         """The hub's fast path: send framed bytes; drop the socket if it reads too slowly."""
-        outcome = stream_send(self.ws_connection, data, self.services.settings.send_buffer_bytes)
+        outcome = stream_send(self.ws_connection, data, self._send_limit)
         if outcome is SENT:
             return True
         if outcome is FULL:

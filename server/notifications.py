@@ -171,10 +171,30 @@ class Notifications:
     async def unread_count(self, user_id: str, roles: tuple[str, ...]) -> int:
         """Unread, visible notifications and broadcasts of a user."""
         now = utcnow()
+        return await self._unread(
+            user_id, await self.broadcasts.visible(audiences(roles), now), now
+        )
+
+    async def on_connect(
+        self, user_id: str, roles: tuple[str, ...], since: int | None
+    ) -> tuple[int, Replay | None]:
+        """A connecting socket's unread count, and its replay if it gave ``since``.
+
+        Both read the same moment's visible broadcasts: filtered and sorted once per
+        connect, not twice (a reconnect storm does this thousands of times).
+        """
+        now = utcnow()
+        shared = await self.broadcasts.visible(audiences(roles), now)
+        unread = await self._unread(user_id, shared, now)
+        if since is None:
+            return unread, None
+        return unread, await self._replay(user_id, shared, since, now)
+
+    async def _unread(self, user_id: str, shared: list[dict], now: datetime) -> int:
         own = await self.store.unread_personal_ids(user_id, now)
-        shared = [d["_id"] for d in await self.broadcasts.visible(audiences(roles), now)]
-        read = await self.store.read_map(user_id, shared)
-        return len(own) + len(shared) - len(read)
+        ids = [d["_id"] for d in shared]
+        read = await self.store.read_map(user_id, ids)  # no query when none is visible
+        return len(own) + len(ids) - len(read)
 
     async def mark_read(self, user_id: str, roles: tuple[str, ...], notification_id: str) -> dict:
         """Mark one notification read for a user; tells all of the user's devices."""
@@ -241,11 +261,10 @@ class Notifications:
 
     # ---- replay ------------------------------------------------------------------------
 
-    async def replay(self, user_id: str, roles: tuple[str, ...], since: int) -> Replay:
+    async def _replay(self, user_id: str, shared: list[dict], since: int, now: datetime) -> Replay:
         """What a socket missed after ``since``: at most the replay limit, oldest first."""
-        now, limit = utcnow(), self.replay_limit + 1
+        limit = self.replay_limit + 1
         found = await self.store.replay(user_id, [], since, limit, now)  # personal only
-        shared = await self.broadcasts.visible(audiences(roles), now)
         found = sorted(found + [d for d in shared if d["seq"] > since], key=lambda d: d["seq"])
         found = found[-limit:]
         recovered = len(found) <= self.replay_limit

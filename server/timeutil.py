@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from bson.tz_util import utc
+
 
 def utcnow() -> datetime:
     """Now, in UTC, to the millisecond (what BSON keeps)."""
@@ -25,6 +27,9 @@ def as_datetime(value: datetime | str | None) -> datetime | None:
 
 def iso(value: datetime | str | None) -> str | None:
     """ISO 8601 with a Z, or None."""
+    if type(value) is datetime and (value.tzinfo is UTC or value.tzinfo is utc):
+        # What MongoDB hands back: no conversion needed (a frame or a page has dozens).
+        return value.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
     value = as_datetime(value)
     if value is None:
         return None

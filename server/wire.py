@@ -10,10 +10,13 @@ import json
 import struct
 from typing import Any
 
+# One encoder for every frame: json.dumps with options builds a new one per call.
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
 
 def encode(message: dict[str, Any]) -> bytes:
     """The compact UTF-8 JSON of a frame's payload."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    return _JSON.encode(message).encode()
 
 
 def text_frame(payload: bytes) -> bytes:
