@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from bson import ObjectId
@@ -20,7 +20,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from server.metrics import METRICS
-from server.timeutil import utcnow
+from server.timeutil import millis, utcnow
 
 log = logging.getLogger("notify.audit")
 
@@ -49,7 +49,9 @@ class Audit:
     async def create_indexes(self) -> None:
         """The TTL and lookup indexes."""
         await self.collection.create_index("purge_at", expireAfterSeconds=0, name="purge_ttl")
-        await self.collection.create_index([("at", DESCENDING)], name="at")
+        # Not (at_ms, _id): the embedded server refuses every insert into a collection with
+        # _id inside another index.
+        await self.collection.create_index([("at_ms", DESCENDING)], name="at_ms")
 
     def entry(self, actor: str, action: str, target: str, detail: dict[str, Any]) -> dict:
         """The stored form of one entry (kept until its ``purge_at``)."""
@@ -57,6 +59,7 @@ class Audit:
         return {
             "_id": str(ObjectId()),
             "at": now,
+            "at_ms": millis(now),  # the page order; see ``recent``
             "actor": actor,
             "action": action,
             "target": target,
@@ -138,17 +141,43 @@ class Audit:
     async def recent(
         self,
         limit: int = 100,
-        before: datetime | None = None,
+        before: str | None = None,
         actor: str | None = None,
         action: str | None = None,
     ) -> list[dict]:
-        """Entries newest first, optionally filtered."""
+        """Entries newest first, optionally filtered; ``before`` is a ``page_key``.
+
+        Paged by (``at_ms``, ``_id``), not by time alone: entries often share a millisecond
+        (a wave of sockets opening), and the embedded server compares dates to the second,
+        so ``at < t`` would skip the rest of a page's last second there. The entries of the
+        key's own millisecond that came before it are left out here rather than by an
+        ``$or``, which the embedded server runs as a full scan.
+        """
         query: dict[str, Any] = {}
-        if before is not None:
-            query["at"] = {"$lt": before}
         if actor:
             query["actor"] = actor
         if action:
             query["action"] = action
-        cursor = self.collection.find(query, sort=[("at", DESCENDING)], limit=limit)
-        return await cursor.to_list()
+        if before is None:
+            return await self._newest(query, limit)
+        at_ms, last_id = parse_page_key(before)
+        shown = {**query, "at_ms": {"$eq": at_ms}, "_id": {"$gte": last_id}}
+        skip = len(await self.collection.find(shown, {"_id": 1}).to_list())
+        found = await self._newest({**query, "at_ms": {"$lte": at_ms}}, limit + skip)
+        older = [e for e in found if e["at_ms"] < at_ms or e["_id"] < last_id]
+        return older[:limit]
+
+    async def _newest(self, query: dict[str, Any], limit: int) -> list[dict]:
+        order = [("at_ms", DESCENDING), ("_id", DESCENDING)]
+        return await self.collection.find(query, sort=order, limit=limit).to_list()
+
+
+def page_key(entry: dict) -> str:
+    """Where the page after ``entry`` starts: ``<at_ms>.<_id>``."""
+    return f"{entry['at_ms']}.{entry['_id']}"
+
+
+def parse_page_key(key: str) -> tuple[int, str]:
+    """A ``page_key`` back into (``at_ms``, ``_id``); the schema has checked its shape."""
+    at_ms, last_id = key.split(".", 1)
+    return int(at_ms), last_id

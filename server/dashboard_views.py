@@ -15,6 +15,7 @@ from datetime import time as clock_time
 from typing import TYPE_CHECKING, Any
 
 from server.activity import Activity, LiveFeed
+from server.audit import page_key
 from server.ratelimit import RateLimits
 from server.render import public
 from server.staff import StaffAccounts
@@ -117,7 +118,7 @@ class Dashboard:
         entries = entries[:AUDIT_PAGE]
         return {
             "items": [audit_row(e) for e in entries],
-            "next": iso(entries[-1]["at"]) if more and entries else None,
+            "next": page_key(entries[-1]) if more and entries else None,
         }
 
     async def audit_csv(self, query: dict[str, Any]) -> str:

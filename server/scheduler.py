@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from bson import ObjectId
 from pymongo import ASCENDING
@@ -31,20 +31,13 @@ from pymongo.errors import PyMongoError
 from server.errors import Conflict, StorageUnavailable
 from server.metrics import METRICS
 from server.sequencer import Sequencer
-from server.timeutil import utcnow
+from server.timeutil import millis, utcnow
 
 log = logging.getLogger("notify.scheduler")
 
 PENDING, SENDING = "pending", "sending"
 RETRY_AFTER_FAILURE = 2.0  # seconds before a claim that failed to send is free again
 BATCH = 500
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-MILLISECOND = timedelta(milliseconds=1)
-
-
-def millis(when: datetime) -> int:
-    """Epoch milliseconds of an aware datetime (exact: integer arithmetic)."""
-    return (when - EPOCH) // MILLISECOND
 
 
 class ScheduledStore:

@@ -473,6 +473,7 @@ STAFF_ROLES = ("admin", "staff")
 USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{1,31}$"
 PASSWORD_MIN, PASSWORD_MAX = 10, 256
 OBJECT_ID_PATTERN = r"^[0-9a-f]{24}$"
+AUDIT_PAGE_PATTERN = r"^[0-9]{1,15}\.[0-9a-f]{24}$"  # audit.page_key: <at_ms>.<_id>
 LOCAL_PATH_PATTERN = r"^/dashboard(?:[/?][A-Za-z0-9/_.~%&=+,:@?\-]*)?$"
 COMPOSE_TARGETS = ("user", "users", "role", "all")
 HISTORY_STATUSES = ("read", "unread", "delivered", "undelivered", "scheduled")
@@ -581,7 +582,7 @@ class AuditQuery(Strict):
 
     actor = fields.String(validate=validate.Length(1, 200))
     action = fields.String(validate=validate.Regexp(r"^[a-z0-9_.\-]{1,64}$", error="not an action"))
-    before = fields.AwareDateTime(format="iso", validate=validate.Range(EARLIEST, LATEST))
+    before = fields.String(validate=validate.Regexp(AUDIT_PAGE_PATTERN, error="not a page"))
 
 
 class ConnectionsQuery(Strict):

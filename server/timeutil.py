@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from bson.tz_util import utc
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MILLISECOND = timedelta(milliseconds=1)
 
 
 def utcnow() -> datetime:
     """Now, in UTC, to the millisecond (what BSON keeps)."""
     now = datetime.now(UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def millis(when: datetime) -> int:
+    """Epoch milliseconds of an aware datetime (exact: integer arithmetic)."""
+    return (when - EPOCH) // MILLISECOND
 
 
 def as_datetime(value: datetime | str | None) -> datetime | None:

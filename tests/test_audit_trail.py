@@ -10,7 +10,7 @@ import pytest
 from tornado.httpclient import HTTPClientError
 from tornado.websocket import websocket_connect
 
-from server.audit import Audit
+from server.audit import Audit, page_key
 from tests.support import Socket, serve_node
 
 pytestmark = pytest.mark.asyncio
@@ -149,3 +149,27 @@ async def test_stop_writes_what_is_queued(settings, mongo_uri):
         assert [e["target"] for e in found] == ["p-1"]
     finally:
         await check.stop()
+
+
+async def test_pages_of_the_trail_skip_nothing_when_entries_share_a_moment(node):
+    """Paging by time alone would skip the rest of a page's last millisecond (on MongoDB)
+    or second (the embedded server compares dates to the second)."""
+    audit: Audit = node.node.audit
+    base = audit.entry("staff:ann", "staff.login", "", {})
+    moments = [0, 0, 0, 1, 1, 250, 999, 999, 1000, 2000]  # ms after a whole second
+    stored = []
+    for i, offset in enumerate(moments):
+        entry = {**base, "_id": f"{i:024x}", "target": f"t{i}"}
+        entry["at_ms"] = base["at_ms"] // 1000 * 1000 + offset
+        stored.append(entry)
+    await audit.collection.insert_many(stored)
+    newest_first = [e["target"] for e in sorted(stored, key=page_key, reverse=True)]
+    for size in (1, 2, 3, 4):
+        seen, before = [], None
+        while True:
+            page = await audit.recent(limit=size, before=before, action="staff.login")
+            seen += [e["target"] for e in page]
+            if len(page) < size:
+                break
+            before = page_key(page[-1])
+        assert seen == newest_first, size  # every entry once, in order, whatever the size

@@ -8,8 +8,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from server.scheduler import millis
-from server.timeutil import iso, utcnow
+from server.timeutil import iso, millis, utcnow
 from tests.support import Api, Socket, serve_node
 
 pytestmark = pytest.mark.asyncio
