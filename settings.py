@@ -43,7 +43,7 @@ class Settings:
     token_ttl_seconds: int = setting(3600, "default lifetime of a minted connection token")
     token_max_ttl_seconds: int = setting(86400, "longest lifetime POST /v1/tokens will mint")
     allowed_origins: str = setting(
-        "", "comma-separated Origins allowed on sockets; empty: same host"
+        "", "comma-separated Origins allowed on sockets and REST (CORS); empty: same host"
     )
     ping_interval: float = setting(20.0, "seconds between WebSocket pings")
     ping_timeout: float = setting(

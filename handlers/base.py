@@ -11,10 +11,17 @@ from marshmallow import Schema
 from pymongo.errors import PyMongoError
 from tornado import web
 
-from server import logs, schemas
+from server import logs, origins, schemas
 from server.audit import actor_of
 from server.auth import Principal, looks_like_token
-from server.errors import ServiceError, StorageUnavailable, TooLarge, Unauthorized, ValidationFailed
+from server.errors import (
+    Forbidden,
+    ServiceError,
+    StorageUnavailable,
+    TooLarge,
+    Unauthorized,
+    ValidationFailed,
+)
 from server.metrics import METRICS
 from server.node import Node
 from server.schemas import parse_json
@@ -34,6 +41,12 @@ STATUS_CODES = {
     429: "rate_limited",
     503: "storage_unavailable",
 }
+
+# CORS for portals on other Origins. Callers send bearer credentials, never cookies: so no
+# Access-Control-Allow-Credentials, and the dashboard (cookies) stays same-origin.
+CORS_REQUEST_HEADERS = "Authorization, Content-Type, X-Request-Id"
+CORS_EXPOSED_HEADERS = "X-Request-Id, Retry-After"  # what the client library reads
+CORS_MAX_AGE = "600"  # short: an Origin the operator removes stops working within minutes
 
 
 class BaseHandler(web.RequestHandler):
@@ -74,12 +87,49 @@ class APIHandler(BaseHandler):
     # Routes that read or change a user's notifications name their audit action here.
     audit_action: str = ""
     audit_target: str = ""
+    _cors_origin: str | None = ""  # "": not yet worked out
+
+    @property
+    def cors_origin(self) -> str | None:
+        """The caller's Origin when it is another, allowed one: answers then carry CORS headers."""
+        if self._cors_origin == "":
+            self._cors_origin = origins.cross_origin(
+                self.request.headers.get("Origin"), self.request.host, self.config.origins
+            )
+        return self._cors_origin
 
     def set_default_headers(self) -> None:
         super().set_default_headers()
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
+        # Here, not in each method: send_error() resets the headers to these defaults, and
+        # an error the page cannot read (401, 429...) would hide the envelope from it.
+        if self.cors_origin:
+            self.set_header("Access-Control-Allow-Origin", self.cors_origin)
+            self.set_header("Vary", "Origin")
+            self.set_header("Access-Control-Expose-Headers", CORS_EXPOSED_HEADERS)
+
+    async def options(self, *args: str) -> None:
+        """A CORS preflight, or a plain OPTIONS: the route's methods; no credential needed."""
+        origin = self.request.headers.get("Origin")
+        if origin and not self.cors_origin and not origins.same_host(origin, self.request.host):
+            # A 403 rather than a 204 without CORS headers: the browser blocks either way,
+            # but the access log and the browser's network panel then say why, as the
+            # socket's refusal of the same Origin does.
+            raise Forbidden("this Origin is not allowed")
+        methods = ", ".join(self.allowed_methods())
+        self.set_header("Allow", methods)
+        if self.cors_origin:
+            self.set_header("Access-Control-Allow-Methods", methods)
+            self.set_header("Access-Control-Allow-Headers", CORS_REQUEST_HEADERS)
+            self.set_header("Access-Control-Max-Age", CORS_MAX_AGE)
+        self.set_status(204)
+        self.finish()
+
+    def allowed_methods(self) -> list[str]:
+        """The methods this route documents; OPTIONS, answered on every route, is implied."""
+        return [m for m in self.SUPPORTED_METHODS if m != "OPTIONS" and _implements(self, m)]
 
     def check_xsrf_cookie(self) -> None:
         """API calls carry a bearer credential, not a cookie: no XSRF token needed."""
@@ -165,8 +215,7 @@ class APIHandler(BaseHandler):
         elif isinstance(exc, web.HTTPError):
             message = exc.log_message if exc.log_message and status_code < 500 else None
         if status_code == 405:
-            allowed = [m for m in self.SUPPORTED_METHODS if _implements(self, m)]
-            self.set_header("Allow", ", ".join(allowed))
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         error: dict[str, Any] = {"code": code, "message": message or self._reason}
         if fields:

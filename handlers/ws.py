@@ -7,7 +7,6 @@ import json
 import logging
 from collections.abc import Awaitable
 from typing import Any
-from urllib.parse import urlparse
 
 import pymongo
 from marshmallow import ValidationError
@@ -15,7 +14,7 @@ from pymongo.errors import PyMongoError
 from tornado import httputil, websocket
 from tornado.iostream import IOStream, StreamClosedError
 
-from server import logs, schemas, wire
+from server import logs, origins, schemas, wire
 from server.audit import actor_of
 from server.auth import Principal
 from server.errors import NotFound, OverCapacity, RateLimited, ServiceError, Unauthorized
@@ -104,10 +103,7 @@ class NotificationSocket(websocket.WebSocketHandler):
 
     def check_origin(self, origin: str) -> bool:
         """Allow the configured Origins; with none configured, only the same host."""
-        allowed = self.services.settings.origins
-        if allowed:
-            return origin.rstrip("/") in allowed or "*" in allowed
-        return urlparse(origin).netloc.lower() == self.request.host.lower()
+        return origins.allowed(origin, self.request.host, self.services.settings.origins)
 
     def get(self, *args: Any, **kwargs: Any) -> Awaitable[None] | None:
         """Refuse bad Origins (403), bad tokens (401) and bad queries (400) before upgrading."""

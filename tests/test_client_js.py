@@ -368,3 +368,63 @@ async def test_a_dead_connection_is_noticed_within_the_ping_timeout(node, api, b
     finally:
         await context.close()
         await hole.stop()
+
+
+async def test_a_portal_on_another_origin_uses_rest_when_that_origin_is_allowed(
+    settings,
+    mongo_uri,
+    node,
+    api,
+    browser,  # noqa: F811
+):
+    """The page from http://localhost:PORT, the library pointed at http://127.0.0.1:PORT."""
+    from tornado.netutil import bind_sockets
+
+    sockets = bind_sockets(0, "127.0.0.1")
+    port = sockets[0].getsockname()[1]
+    portal = f"http://localhost:{port}"
+    allowing = await serve_node(
+        settings.with_(node_id="cors", allowed_origins=portal), mongo_uri, sockets=sockets
+    )
+    context = await browser.new_context()
+    try:
+        # Allowed: the socket opens, and the REST calls (preflighted: they send
+        # Authorization) read the service's answers.
+        page = await open_client(
+            context, portal, token=await api.token("p-1"), url=allowing.url, userId="p-1"
+        )
+        assert await page.evaluate("location.origin") == portal != allowing.url
+        await wait_status(page, "open")
+        created = await api.notify("p-1", "Lab ready")
+        await wait_shown(page, 1)
+        feed = await page.evaluate("client.loadFeed({limit: 10})")
+        assert [n["id"] for n in feed["items"]] == [created["id"]]
+        await page.evaluate("client.close()")
+        await wait_status(page, "closed")
+        await page.evaluate("id => client.markRead(id)", created["id"])  # over REST now
+        assert (await api.get("/v1/users/p-1/unread-count"))["count"] == 0
+        assert await page.text_content("#unread") == "0"
+        assert await events(page, "error") == []
+        await page.close()
+
+        # Not allowed (the default: same host only): the browser blocks the REST calls, and
+        # the socket's handshake is refused.
+        other = f"http://localhost:{node.port}"
+        page = await open_client(
+            context, other, token=await api.token("p-1"), url=node.url, userId="p-1"
+        )
+        failed = await page.evaluate(
+            """async id => {
+                 const out = [];
+                 for (const call of [() => client.loadFeed(), () => client.markRead(id)]) {
+                   try { await call(); out.push("ok") } catch (e) { out.push(e.name) }
+                 }
+                 return out;
+               }""",
+            created["id"],
+        )
+        assert failed == ["TypeError", "TypeError"]  # fetch's network error: nothing to read
+        assert await page.text_content("#status") != "open"
+    finally:
+        await context.close()
+        await allowing.stop()
