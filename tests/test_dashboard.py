@@ -582,6 +582,19 @@ async def test_audit_page_and_csv_export(node, admin):
     assert any(e["action"] == "audit.export" for e in await node.node.audit.recent())
 
 
+async def test_the_audit_pages_older_link_reaches_every_entry_once(node, admin):
+    audit = node.node.audit
+    entries = [audit.entry("staff:boss", "custom.page", f"t{i:03}", {}) for i in range(130)]
+    await audit.collection.insert_many(entries)  # most share a millisecond
+    seen, url = [], "/dashboard/audit?action=custom.page"
+    while url:
+        page = text(await admin.get(url))
+        seen += re.findall(r"t\d{3}", page)
+        older = re.search(r'rel="next" href="([^"]+)"', page)
+        url = older.group(1).replace("&amp;", "&") if older else None
+    assert sorted(seen) == sorted(e["target"] for e in entries) and len(seen) == 130
+
+
 # ---- account and test client --------------------------------------------------------------
 
 
