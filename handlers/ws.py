@@ -227,14 +227,14 @@ class NotificationSocket(websocket.WebSocketHandler):
                     principal.id, list(roles), self.subscription.connected_at
                 )
                 unread, replay = await node.notifications.on_connect(
-                    principal.id, roles, None if since is None else int(since)
+                    principal.id, roles, None if since is None else int(since), node.hub.seq
                 )
         except PyMongoError:
             METRICS.storage_errors.inc()
             return self.close(TRY_LATER, "storage unavailable; retry")
         if self.subscription is None:  # closed while we waited
             return
-        cursor = int(since) if since is not None else self.subscription.start_seq
+        cursor = replay.since if replay else self.subscription.start_seq
         self._send(
             {
                 "type": "welcome",
@@ -249,7 +249,7 @@ class NotificationSocket(websocket.WebSocketHandler):
             return self.subscription.go_live(())
         replayed = [(d["seq"], _notification_frame(d)) for d in replay.items]
         done = wire.frame({"type": "replay_done", "cursor": str(replay.cursor)})
-        self.subscription.go_live(replayed, done)
+        self.subscription.go_live(replayed, done, after=replay.since)
 
     # ---- frames from the client ----------------------------------------------------------
 

@@ -80,14 +80,22 @@ class Subscription:
             return self.conn.send_frame(data)
         return False
 
-    def go_live(self, replayed: Iterable[tuple[int, bytes]], marker: bytes | None = None) -> None:
+    def go_live(
+        self,
+        replayed: Iterable[tuple[int, bytes]],
+        marker: bytes | None = None,
+        after: int = 0,
+    ) -> None:
         """Send the replay and ``marker``, then what arrived meanwhile, then deliver live.
 
         What arrived while the replay was read is merged with it in seq order: a frame held
         meanwhile can sort before the newest replayed one (stored just after one of the
         replay's queries ran), and sent after it, it would be dropped as already seen.
+        Nothing at or below ``after`` (the client's cursor) is sent, also when this node
+        dispatches it only now: its change stream can lag behind the node the client left.
         """
         held, self.pending = self.pending or [], None
+        self.last_seq = max(self.last_seq, after)
         if self.overflowed:
             # More arrived during the replay than a socket may hold: the client resumes
             # from its last cursor instead, so nothing is lost and memory stays bounded.

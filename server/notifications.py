@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from bson import ObjectId
@@ -35,6 +35,7 @@ class Replay:
     items: list[dict]
     recovered: bool
     cursor: int
+    since: int  # where the client is taken to be: its cursor, or the feed's end if beyond
 
 
 class Notifications:
@@ -176,18 +177,25 @@ class Notifications:
         )
 
     async def on_connect(
-        self, user_id: str, roles: tuple[str, ...], since: int | None
+        self, user_id: str, roles: tuple[str, ...], since: int | None, dispatched: int
     ) -> tuple[int, Replay | None]:
         """A connecting socket's unread count, and its replay if it gave ``since``.
 
         Both read the same moment's visible broadcasts: filtered and sorted once per
-        connect, not twice (a reconnect storm does this thousands of times).
+        connect, not twice (a reconnect storm does this thousands of times). A cursor past
+        ``dispatched`` (this node's hub) is checked against the feed's end.
         """
         now = utcnow()
         shared = await self.broadcasts.visible(audiences(roles), now)
         unread = await self._unread(user_id, shared, now)
         if since is None:
             return unread, None
+        if since > dispatched and since > (end := await self.store.high_seq()):
+            # Never handed out here (a cursor from another deployment, or a database
+            # restored from a backup): resume from the feed's end, and say that what was
+            # missed is not known, so the client pages the REST feed.
+            METRICS.replay_truncated.inc()
+            return unread, replace(await self._replay(user_id, shared, end, now), recovered=False)
         return unread, await self._replay(user_id, shared, since, now)
 
     async def _unread(self, user_id: str, shared: list[dict], now: datetime) -> int:
@@ -273,7 +281,7 @@ class Notifications:
             METRICS.replay_truncated.inc()
         METRICS.replayed.inc(len(found))
         cursor = found[-1]["seq"] if found else since
-        return Replay(found, recovered, cursor)
+        return Replay(found, recovered, cursor, since)
 
 
 def _parse_feed_token(token: str | None) -> tuple[str | None, int | None]:

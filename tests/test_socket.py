@@ -233,6 +233,19 @@ async def test_welcome_cursor_is_a_resume_point_for_a_device_that_saw_nothing(no
     await back.expect("replay_done")
 
 
+async def test_a_cursor_beyond_the_feed_resumes_from_its_end_and_is_not_recovered(node, api):
+    """A cursor this feed never handed out: a database restored from a backup, say."""
+    last = await api.notify("p-1", "newest before")
+    ahead = str(int(last["cursor"]) + 1000)
+    sock = await Socket.open(node.url, await api.token("p-1"), since=ahead)
+    welcome = await sock.expect("welcome")
+    assert welcome["recovered"] is False and welcome["cursor"] == last["cursor"]
+    assert (await sock.expect("replay_done"))["cursor"] == last["cursor"]
+    live = await api.notify("p-1", "live")  # delivered, not held back until seq passes 1000
+    assert (await sock.expect("notification"))["notification"]["id"] == live["id"]
+    await sock.nothing()
+
+
 @pytest.mark.parametrize("since", ["-1", "abc", "1.5", "9" * 30])
 async def test_a_bad_since_is_refused_before_the_upgrade(node, api, since):
     with pytest.raises(HTTPClientError) as info:

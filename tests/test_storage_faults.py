@@ -21,6 +21,7 @@ from pymongo import ASCENDING, AsyncMongoClient
 from tornado.httpclient import HTTPRequest
 
 from server.embedded import EmbeddedMongo, free_port
+from server.errors import StorageUnavailable
 from server.metrics import METRICS
 from server.store import is_hidden
 from server.timeutil import utcnow
@@ -202,6 +203,41 @@ async def test_database_that_hangs_gives_503_in_bounded_time_then_recovers(datab
     assert titles == ["thawed"]  # what MongoDB took late from the refused writes is hidden
     hung = [f for f in sock.frames if f["type"] == "notification"]
     assert [f["notification"]["title"] for f in hung] == ["thawed"]
+
+
+async def test_a_request_still_queued_when_its_time_is_up_is_refused_and_never_sent(
+    database, nodes
+):
+    first, _ = nodes
+    node = first.node
+    key, _ = await node.api_keys.create("t", ALL_SCOPES)
+
+    async def create(title: str) -> list[dict]:  # below HTTP: no key lookup in the way
+        payload = {"type": "custom", "priority": "normal", "title": title, "message": "m"}
+        return await node.notifications.create({**payload, "user_id": "p-1", "data": {}})
+
+    await create("before")  # the writer knows its next seq: "stuck" goes out at once
+    database.freeze()
+    try:
+        # The writer sends "stuck" to the frozen server, waits out its timeout, then tries
+        # to hide it (a second more): "queued" waits behind it, and is refused after its
+        # own timeout in the queue, not after a write of its own (2.6 s or more).
+        stuck = asyncio.create_task(create("stuck"))
+        await asyncio.sleep(0.2)
+        queued_at = time.monotonic()
+        with pytest.raises(StorageUnavailable, match="did not answer in time"):
+            await create("queued")
+        assert time.monotonic() - queued_at < 2 * TIMEOUTS["storage_timeout"]
+        with pytest.raises(StorageUnavailable):
+            await stuck
+    finally:
+        database.thaw()
+
+    await wait_ready(Api(first.url, key))
+    assert node.sequencer.clean and not node.sequencer._waiting
+    titles = {d["title"] for d in await node.store.notifications.find({}).to_list()}
+    assert "queued" not in titles  # withdrawn from the queue: nothing written
+    assert await titles_in_feed(Api(first.url, key), "p-1") == ["before"]
 
 
 async def test_a_batch_refused_halfway_is_hidden_and_never_delivered(database, nodes):

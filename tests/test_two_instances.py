@@ -62,3 +62,38 @@ async def test_a_notification_created_on_one_node_reaches_a_socket_on_the_other(
     here.send({"type": "read", "id": created["id"]})
     assert (await there.expect("read"))["ids"] == [created["id"]]
     assert (await there.expect("unread_count"))["count"] == 0
+
+
+async def test_a_device_resuming_on_a_node_that_lags_never_gets_its_cursor_again(
+    node, second_node, api_key
+):
+    """The other node hears of the device's last notifications only after it came back."""
+    a, b = Api(node.url, api_key), Api(second_node.url, api_key)
+    hub = second_node.node.hub
+    heard, hear = [], asyncio.Event()
+    advance = hub.advance
+
+    async def lagging(seq: int) -> None:  # this node's change stream, held back
+        heard.append(seq)
+        await hear.wait()
+        await advance(seq)
+
+    hub.advance = lagging
+    device = await Socket.open(node.url, await a.token("p-1"))
+    await device.expect("welcome")
+    seen = [await a.notify("p-1", f"n{i}") for i in range(2)]
+    for created in seen:
+        assert (await device.expect("notification"))["notification"]["id"] == created["id"]
+    device.close()
+    while not heard:  # node B has the doorbell but has not dispatched it
+        await asyncio.sleep(0.01)
+    assert hub.seq < int(seen[-1]["cursor"])
+
+    back = await Socket.open(second_node.url, await b.token("p-1"), since=seen[-1]["cursor"])
+    assert (await back.expect("welcome"))["recovered"] is True
+    assert (await back.expect("replay_done"))["cursor"] == seen[-1]["cursor"]
+    hear.set()  # B now dispatches what the device already has
+    await back.nothing(0.5)
+    later = await a.notify("p-1", "after")
+    assert (await back.expect("notification"))["notification"]["id"] == later["id"]
+    await back.nothing()
