@@ -605,6 +605,12 @@
         this._tokenSuspect = false;
         this._learnUser({ sub: frame.user_id });
         conn.liveFrom = isCursor(frame.cursor) ? frame.cursor : null;
+        if (conn.since && conn.liveFrom && compareCursors(conn.liveFrom, conn.since) < 0) {
+          // Our cursor is beyond this feed's end (a restored database, another deployment):
+          // what we missed is unknown, so forget the cursor and fill from the whole feed.
+          this._rewind(conn.liveFrom);
+          conn.since = "0";
+        }
         if (!this._cursor && conn.liveFrom) {
           this._advance(conn.liveFrom); // nothing seen yet: resume from here next time
         }
@@ -761,6 +767,17 @@
           return isCursor(value) ? value : null;
         } catch (err) {
           return null;
+        }
+      }
+
+      _rewind(cursor) {
+        this._cursor = cursor;
+        try {
+          if (this._storage && this._userId) {
+            this._storage.setItem(this._key(), cursor);
+          }
+        } catch (err) {
+          /* storage full or disabled: the cursor still lives in memory */
         }
       }
 

@@ -218,6 +218,33 @@ async def test_a_gap_longer_than_the_replay_is_filled_from_the_feed(
         await running.stop()
 
 
+async def test_a_stored_cursor_beyond_the_feed_is_dropped_and_the_feed_fills_in(
+    node,
+    api,
+    browser,  # noqa: F811
+):
+    """The database was restored from a backup: the tab's cursor is one it never handed out."""
+    context = await browser.new_context()
+    await token_backend(context)
+    made = [await api.notify("p-1", f"kept {i}") for i in range(2)]
+    ahead = str(int(made[-1]["cursor"]) + 1000)
+    page = await context.new_page()
+    await page.goto(node.url + "/static/test-pages/notify.html")
+    await page.wait_for_function("window.ready === true")
+    await page.evaluate(f"localStorage.setItem('notify-client:cursor:p-1', '{ahead}')")
+    assert await page.evaluate("o => startClient(o)", {**FAST, "userId": "p-1"}) == ahead
+    await wait_shown(page, 2)
+    [opened] = [e for e in await events(page, "status") if e["status"] == "open"]
+    assert opened["recovered"] is False
+    assert await page.evaluate("client.cursor") == made[-1]["cursor"]
+    live = await api.notify("p-1", "live")
+    shown = await wait_shown(page, 3)
+    assert [s["id"] for s in shown] == [*(m["id"] for m in made), live["id"]]
+    stored = await page.evaluate("localStorage.getItem('notify-client:cursor:p-1')")
+    assert stored == live["cursor"]
+    await context.close()
+
+
 async def test_read_in_one_tab_updates_the_unread_count_in_another(node, api, browser):  # noqa: F811
     context = await browser.new_context()
     await token_backend(context)
