@@ -1,0 +1,104 @@
+"""examples/react/useNotifications.js in headless Chromium, with React 18 in StrictMode.
+
+React comes from npm (``.ci/run`` installs it under ``tests/.react``). The node serves the page
+(static/test-pages/react.html); React's UMD builds and the hook reach the browser through
+Playwright's routing under the node's own origin, as a portal on the same host would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.browser import browser  # noqa: F401
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.browser]
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULES = ROOT / "tests" / ".react" / "node_modules"
+INSTALL = "npm install --no-save --prefix tests/.react react@18.3.1 react-dom@18.3.1"  # as .ci/run
+
+# The hook imports from "react"; the page's import map points that at React's UMD global.
+SHIM = (
+    "const R = globalThis.React;\nexport const { useCallback, useEffect, useRef, useState } = R;\n"
+)
+
+
+def files() -> dict[str, tuple[str, bytes]]:
+    """What the page loads from /react-test/, by name: (content type, body)."""
+    umd = {
+        "react.js": MODULES / "react" / "umd" / "react.development.js",
+        "react-dom.js": MODULES / "react-dom" / "umd" / "react-dom.development.js",
+    }
+    if not all(path.exists() for path in umd.values()):
+        if os.environ.get("CI"):
+            pytest.fail(f"React is missing: .ci/run must run {INSTALL}")
+        pytest.skip(f"the React hook test needs React: {INSTALL}")
+    js = "text/javascript"
+    served = {name: (js, path.read_bytes()) for name, path in umd.items()}
+    hook = ROOT / "examples" / "react" / "useNotifications.js"
+    served["useNotifications.js"] = (js, hook.read_bytes())
+    served["react-shim.js"] = (js, SHIM.encode())
+    return served
+
+
+async def sockets_of(node, user_id: str, count: int) -> None:
+    """Wait until the node holds exactly ``count`` sockets of the user, and still does."""
+    for _ in range(2):
+        for _ in range(100):
+            if len(node.node.hub.user_subscriptions(user_id)) == count:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"{user_id} does not have {count} sockets")
+        await asyncio.sleep(0.3)  # a second socket opening late would show now
+
+
+async def test_the_hook_lists_history_and_live_marks_read_and_keeps_one_socket(
+    node,
+    api,
+    browser,  # noqa: F811
+):
+    served = files()
+    context = await browser.new_context()
+
+    async def serve(route) -> None:
+        kind, body = served[route.request.url.rsplit("/", 1)[1]]
+        await route.fulfill(status=200, content_type=kind, body=body)
+
+    await context.route(f"{node.url}/react-test/*", serve)
+    try:
+        before = await api.notify("p-1", "Appointment confirmed")
+        page = await context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(f"{node.url}/static/test-pages/react.html")
+        await page.wait_for_function("window.ready === true")
+        options = {"token": await api.token("p-1"), "userId": "p-1", "minDelay": 100}
+        await page.evaluate("o => mount(o)", options)
+        await page.wait_for_function("document.getElementById('status').textContent === 'open'")
+        await page.wait_for_selector(f"li[data-id='{before['id']}']")
+        await sockets_of(node, "p-1", 1)  # StrictMode mounts twice: the first one closed
+
+        live = await api.notify("p-1", "Lab results ready")
+        await page.wait_for_function("document.querySelectorAll('#list li').length === 2")
+        titles = await page.eval_on_selector_all("#list li", "lis => lis.map(li => li.textContent)")
+        assert titles == ["Lab results ready", "Appointment confirmed"]  # newest first
+        await page.wait_for_function("document.getElementById('unread').textContent === '2'")
+
+        await page.evaluate("id => hook.markRead(id)", live["id"])
+        await page.wait_for_selector(f"li[data-id='{live['id']}'][data-read='yes']")
+        await page.wait_for_function("document.getElementById('unread').textContent === '1'")
+        assert (await api.get("/v1/users/p-1/unread-count"))["count"] == 1
+        await page.evaluate("hook.markAllRead()")
+        await page.wait_for_selector(f"li[data-id='{before['id']}'][data-read='yes']")
+        await page.wait_for_function("document.getElementById('unread').textContent === '0'")
+
+        await page.evaluate("root.unmount()")
+        await sockets_of(node, "p-1", 0)  # unmounting closes the socket
+        assert errors == []
+    finally:
+        await context.close()
