@@ -607,9 +607,10 @@
         conn.liveFrom = isCursor(frame.cursor) ? frame.cursor : null;
         if (conn.since && conn.liveFrom && compareCursors(conn.liveFrom, conn.since) < 0) {
           // Our cursor is beyond this feed's end (a restored database, another deployment):
-          // what we missed is unknown, so forget the cursor and fill from the whole feed.
+          // take the service's. What was missed is unknown, so nothing is filled in (that
+          // could be a patient's whole history); `recovered: false` tells the page to reload.
           this._rewind(conn.liveFrom);
-          conn.since = "0";
+          conn.since = null;
         }
         if (!this._cursor && conn.liveFrom) {
           this._advance(conn.liveFrom); // nothing seen yet: resume from here next time
