@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from bson import ObjectId
@@ -194,8 +194,9 @@ class Notifications:
             # Never handed out here (a cursor from another deployment, or a database
             # restored from a backup): resume from the feed's end, and say that what was
             # missed is not known, so the client pages the REST feed.
+            # Nothing to read: what is stored after ``end`` reaches the socket through the hub.
             METRICS.replay_truncated.inc()
-            return unread, replace(await self._replay(user_id, shared, end, now), recovered=False)
+            return unread, Replay([], False, end, end)
         return unread, await self._replay(user_id, shared, since, now)
 
     async def _unread(self, user_id: str, shared: list[dict], now: datetime) -> int:

@@ -771,29 +771,28 @@
         }
       }
 
-      _rewind(cursor) {
-        this._cursor = cursor;
-        try {
-          if (this._storage && this._userId) {
-            this._storage.setItem(this._key(), cursor);
-          }
-        } catch (err) {
-          /* storage full or disabled: the cursor still lives in memory */
-        }
-      }
-
       _advance(cursor) {
         if (this._cursor && compareCursors(cursor, this._cursor) <= 0) {
           return;
         }
         this._cursor = cursor;
+        this._storeCursor(cursor, false);
+      }
+
+      /** Take the service's cursor, also when it is lower than ours (ours was beyond its feed). */
+      _rewind(cursor) {
+        this._cursor = cursor;
+        this._storeCursor(cursor, true);
+      }
+
+      _storeCursor(cursor, replace) {
         if (!this._storage || !this._userId) {
           return;
         }
         try {
           // Another tab of the same user may have gone further: keep the larger.
           var stored = this._storage.getItem(this._key());
-          if (!isCursor(stored) || compareCursors(cursor, stored) > 0) {
+          if (replace || !isCursor(stored) || compareCursors(cursor, stored) > 0) {
             this._storage.setItem(this._key(), cursor);
           }
         } catch (err) {
