@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from handlers.base import APIHandler
-from server import schemas
-from server.timeutil import iso
+from server.app import schemas
+from server.app.timeutil import iso
 
-ID = r"([A-Za-z0-9][A-Za-z0-9._:@\-]{0,127})"
+ID = f"({schemas.ID_CHARS})"
 
 
 class TokensHandler(APIHandler):

@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 from pymongo import MongoClient
 
-from server.embedded import EmbeddedMongo
+from server.ops.embedded import EmbeddedMongo
 from tests.support import Api, serve_node, test_settings
 
 ALL_SCOPES = ["notify", "broadcast", "tokens", "read", "admin"]

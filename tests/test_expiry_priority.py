@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from server.timeutil import iso, utcnow
+from server.app.timeutil import iso, utcnow
 from settings import Settings
 from tests.support import Api, Socket, serve_node
 

@@ -20,7 +20,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.routing import PathMatches
 
 from handlers.routes import make_app
-from server import openapi, schemas
+from server.app import openapi, schemas
 
 # CONTRACT.md section 2, as (method, path) with the document's parameter names.
 CONTRACT_ROUTES = {

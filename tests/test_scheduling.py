@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from server.timeutil import iso, millis, utcnow
+from server.app.timeutil import iso, millis, utcnow
 from tests.support import Api, Socket, serve_node
 
 pytestmark = pytest.mark.asyncio
