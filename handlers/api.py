@@ -30,6 +30,11 @@ class NotificationsHandler(APIHandler):
 
 
 class NotificationHandler(APIHandler):
+    async def get(self, notification_id: str) -> None:
+        """A notification with its timeline, oldest event first (scope ``read``)."""
+        await self.require_scope("read")
+        self.ok(await self.services.notifications.detail(notification_id))
+
     async def delete(self, notification_id: str) -> None:
         """Cancel a scheduled notification not yet sent (scope ``notify``)."""
         await self.require_scope("notify")

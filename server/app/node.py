@@ -28,6 +28,7 @@ from server.delivery.protocol import ConnectionProtocol
 from server.feed.notifications import Notifications
 from server.feed.scheduler import ScheduledStore, Scheduler
 from server.feed.sequencer import Sequencer
+from server.feed.timeline import Timeline
 from settings import Settings
 
 log = logging.getLogger("notify.node")
@@ -97,6 +98,7 @@ class Node:
             node_id,
             settings.replay_limit,
             settings.retention_days,
+            Timeline(store.db, settings.retention_days),
         )
         tokens = Tokens(
             token_secret(settings), settings.token_ttl_seconds, settings.token_max_ttl_seconds
@@ -159,6 +161,7 @@ class Node:
                 await self.store.create_indexes()
                 await self.audit.create_indexes()
                 await self.cluster.create_indexes()
+                await self.notifications.timeline.create_indexes()
                 return
             except (ConnectionFailure, OperationFailure) as exc:
                 code = getattr(exc, "code", None)

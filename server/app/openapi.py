@@ -95,6 +95,11 @@ ROUTES = (
         scope="notify", body=schemas.NotificationIn,
     ),
     Route(
+        "get", "/v1/notifications/{notification_id}",
+        "A notification with its timeline: what happened to it, oldest first",
+        schemas.NotificationDetailOut, scope="read", params=NotificationPath,
+    ),
+    Route(
         "delete", "/v1/notifications/{notification_id}",
         "Cancel a scheduled notification not yet sent", schemas.NotificationOut,
         scope="notify", params=NotificationPath, extra=(409,),

@@ -22,6 +22,7 @@ from marshmallow import (
 
 from server.app.errors import ValidationFailed
 from server.app.timeutil import iso
+from server.feed.timeline import EVENTS as TIMELINE_EVENTS
 
 TYPES = ("appointment", "lab_result", "ai_analysis", "system_alert", "custom")
 PRIORITIES = ("low", "normal", "high", "critical")
@@ -391,6 +392,20 @@ class NotificationOut(Out):
     delivered_at = fields.DateTime(required=True, allow_none=True)
     read_at = fields.DateTime(required=True, allow_none=True)
     cursor = fields.String(required=True, allow_none=True, validate=validate.Regexp(CURSOR_PATTERN))
+
+
+class TimelineEventOut(Out):
+    """One event of a notification's timeline; events add their own fields (CONTRACT §8)."""
+
+    at = fields.DateTime(required=True)
+    event = fields.String(required=True, validate=validate.OneOf(TIMELINE_EVENTS))
+
+
+class NotificationDetailOut(Out):
+    """A notification with its timeline, oldest event first."""
+
+    notification = fields.Nested(NotificationOut, required=True)
+    timeline = fields.List(fields.Nested(TimelineEventOut), required=True)
 
 
 class FeedPageOut(Out):

@@ -119,5 +119,7 @@ class StaffStore:
 
     async def scheduled(self, limit: int) -> list[dict]:
         """Notifications waiting for their ``deliver_at`` (feed/scheduler.py), soonest first."""
-        cursor = self.db.scheduled.find({}, sort=[("deliver_at", ASCENDING)], limit=limit)
+        cursor = self.db.scheduled.find(
+            {"doc": {"$exists": True}}, sort=[("deliver_at", ASCENDING)], limit=limit
+        )
         return [entry["doc"] | {"state": entry.get("state")} for entry in await cursor.to_list()]

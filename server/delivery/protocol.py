@@ -186,7 +186,7 @@ class ConnectionProtocol:
     async def _act(self, sub: Subscription, kind: str, frame: dict) -> None:
         notifications = self.notifications
         if kind == "ack":
-            await notifications.ack(sub.user_id, sub.roles, frame["id"])
+            await notifications.ack(sub.user_id, sub.roles, frame["id"], sub.id)
         elif kind == "read":
             await notifications.mark_read(sub.user_id, sub.roles, frame["id"])
         elif kind == "read_all":

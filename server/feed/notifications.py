@@ -17,6 +17,7 @@ from server.delivery.broadcast_cache import BroadcastCache
 from server.delivery.hub import Hub
 from server.feed.render import public
 from server.feed.sequencer import Sequencer
+from server.feed.timeline import Timeline
 
 log = logging.getLogger("notify.notifications")
 
@@ -50,12 +51,14 @@ class Notifications:
         node_id: str,
         replay_limit: int,
         retention_days: int,
+        timeline: Timeline,
     ):
         self.store = store
         self.sequencer = sequencer
         self.hub = hub
         self.publish_event = publish_event
         self.node_id = node_id
+        self.timeline = timeline
         self.replay_limit = replay_limit
         self.retention = store.retention
         self.scheduler = None  # set by the app when scheduling is wired in
@@ -122,6 +125,7 @@ class Notifications:
         if self.scheduler is not None:
             doc = await self.scheduler.cancel(notification_id)
             if doc is not None:
+                await self.timeline.record(notification_id, "cancelled")
                 return public(doc)
         if await self.store.get(notification_id) is not None:
             raise Conflict("this notification was already sent")
@@ -219,6 +223,8 @@ class Notifications:
         else:
             changed = await self.store.mark_read(user_id, doc["_id"], now)
             read_at = doc.get("read_at") or now
+            if changed:
+                await self.timeline.record(doc["_id"], "read", at=now)
         doc["read_at"] = read_at
         if changed:
             await self._announce_read(user_id, roles, [doc["_id"]])
@@ -230,6 +236,7 @@ class Notifications:
         own = await self.store.unread_personal_ids(user_id, now)
         shared = await self.store.broadcast_ids(audiences(roles), now)
         await self.store.mark_all_read(user_id, own, now)
+        await self.timeline.record_each(own, "read")
         already = await self.store.read_map(user_id, shared)
         fresh = [i for i in shared if i not in already]
         await self.store.mark_broadcasts_read(user_id, fresh, now)
@@ -238,13 +245,33 @@ class Notifications:
             await self._announce_read(user_id, roles, ids)
         return len(ids)
 
-    async def ack(self, user_id: str, roles: tuple[str, ...], notification_id: str) -> None:
-        """A device's delivery receipt."""
+    async def ack(
+        self, user_id: str, roles: tuple[str, ...], notification_id: str, connection_id: str
+    ) -> None:
+        """A device's delivery receipt: ``delivered`` once per connection in the timeline."""
         doc = await self.store.get(notification_id)
         if doc is None or not _belongs(doc, user_id, roles):
             raise NotFound("no such notification for this user")
         if doc.get("user_id") == user_id:
-            await self.store.mark_delivered(user_id, notification_id, utcnow())
+            now = utcnow()
+            await self.store.mark_delivered(user_id, notification_id, now)
+            await self.timeline.record(
+                notification_id,
+                "delivered",
+                key=f"{notification_id}:delivered:{connection_id}",
+                at=now,
+                connection_id=connection_id,
+            )
+
+    async def detail(self, notification_id: str) -> dict:
+        """A notification (sent or still scheduled) with its timeline (CONTRACT §8)."""
+        doc = await self.store.get(notification_id)
+        if doc is None and self.scheduler is not None:
+            entry = await self.scheduler.store.get(notification_id)
+            doc = entry.get("doc") if entry is not None else None
+        if doc is None:
+            raise NotFound("no such notification")
+        return {"notification": public(doc), "timeline": await self.timeline.events(doc)}
 
     async def _announce_read(self, user_id: str, roles: tuple[str, ...], ids: list[str]) -> None:
         count = await self.unread_count(user_id, roles)

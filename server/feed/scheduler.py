@@ -1,4 +1,13 @@
-"""Scheduled notifications: stored at once, sent at ``deliver_at`` by exactly one node.
+"""The due-work queue: work that must happen later, done by exactly one node.
+
+Every kind of later work is one entry in one collection, claimed with a lease: a scheduled
+notification (kind ``send``, sent at ``deliver_at``), and the kinds other capabilities
+register with ``Scheduler.register`` (a push after its grace period, an escalation step, a
+webhook retry). A kind's handler gets the entries claimed for it; what it does not ask to
+retry is done and deleted. An entry's ``_id`` is its key, so enqueueing the same work twice
+stores it once: that, and the claim below, is what makes "exactly once" hold across nodes.
+
+For scheduled notifications:
 
 A scheduled notification waits in the ``scheduled`` collection under the ``_id`` it will
 have in ``notifications``. Every node runs a loop that sleeps until the earliest due time
@@ -21,12 +30,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from bson import ObjectId
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from server.app.errors import Conflict, StorageUnavailable
 from server.app.metrics import METRICS
@@ -36,17 +47,24 @@ from server.feed.sequencer import Sequencer
 log = logging.getLogger("notify.scheduler")
 
 PENDING, SENDING = "pending", "sending"
+SEND = "send"  # the kind of a scheduled notification (entries written before kinds had none)
 RETRY_AFTER_FAILURE = 2.0  # seconds before a claim that failed to send is free again
 BATCH = 500
 
 
-class ScheduledStore:
-    """The ``scheduled`` collection: notifications waiting for their ``deliver_at``.
+# A kind's handler: given the entries claimed for it, returns the ids of those to try again
+# and when (epoch ms); every other entry is done. Raising retries them all a little later.
+Handler = Callable[[list[dict]], Awaitable[dict[str, int] | None]]
 
-    An entry is ``{_id, state, deliver_at, claim_ms, claimed_by, claim, attempts, doc}``,
-    where ``doc`` is the notification as it will be stored. ``claim_ms`` is when the entry
-    may next be claimed: its due time while pending, the end of the lease while sending.
-    Entries are deleted once sent, cancelled or expired.
+
+class ScheduledStore:
+    """The ``scheduled`` collection: the due-work queue.
+
+    An entry is ``{_id, kind, state, claim_ms, claimed_by, claim, attempts, ref, ...}``:
+    a scheduled notification adds ``deliver_at`` and ``doc`` (the notification as it will be
+    stored), other kinds a ``payload``; ``ref`` names the notification the work is about.
+    ``claim_ms`` is when the entry may next be claimed: its due time while pending, the end
+    of the lease while claimed. Entries are deleted once done, cancelled or expired.
     """
 
     def __init__(self, db: AsyncDatabase):
@@ -55,12 +73,44 @@ class ScheduledStore:
     async def create_indexes(self) -> None:
         """The due-time index the claim and the sleep both use."""
         await self.collection.create_index([("claim_ms", ASCENDING)], name="claim_ms")
+        await self.collection.create_index([("ref", ASCENDING)], name="ref", sparse=True)
+
+    async def put(
+        self, kind: str, key: str, due_ms: int, payload: dict[str, Any], ref: str | None = None
+    ) -> bool:
+        """Enqueue one piece of work under its key; False if that key is already queued."""
+        entry = {
+            "_id": key,
+            "kind": kind,
+            "state": PENDING,
+            "claim_ms": due_ms,
+            "claimed_by": None,
+            "claim": None,
+            "attempts": 0,
+            "scheduled_at": utcnow(),
+            "payload": payload,
+        }
+        if ref is not None:
+            entry["ref"] = ref
+        try:
+            await self.collection.insert_one(entry)
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def drop(self, ref: str, kinds: list[str]) -> int:
+        """Delete the pending work of these kinds about one notification; how many."""
+        result = await self.collection.delete_many(
+            {"ref": ref, "kind": {"$in": kinds}, "state": PENDING}
+        )
+        return result.deleted_count
 
     async def add(self, docs: list[dict], now: datetime) -> None:
         """Store notifications to send later; all or none (best effort on a storage failure)."""
         entries = [
             {
                 "_id": d["_id"],
+                "kind": SEND,
                 "state": PENDING,
                 "deliver_at": d["deliver_at"],
                 "claim_ms": millis(d["deliver_at"]),
@@ -135,6 +185,14 @@ class ScheduledStore:
                 {"_id": {"$in": ids}, "claim": token}, {"$set": {"claim_ms": at_ms}}
             )
 
+    async def retry(self, entries: list[dict], at_ms: dict[str, int]) -> None:
+        """Free claimed entries for another attempt, each at its own time."""
+        for entry in entries:
+            await self.collection.update_one(
+                {"_id": entry["_id"], "claim": entry["claim"]},
+                {"$set": {"claim_ms": at_ms[entry["_id"]], "state": PENDING}},
+            )
+
     async def cancel(self, entry_id: str) -> dict | None:
         """Delete a pending entry (not claimed yet); returns it, or None."""
         return await self.collection.find_one_and_delete({"_id": entry_id, "state": PENDING})
@@ -145,7 +203,7 @@ class ScheduledStore:
 
 
 class Scheduler:
-    """This node's share of sending scheduled notifications."""
+    """This node's share of the due work: scheduled notifications and registered kinds."""
 
     def __init__(
         self,
@@ -166,6 +224,30 @@ class Scheduler:
         self._wake_ms: int | None = None  # when the sleeping loop looks next; None: awake
         self._holding: list[dict] = []  # entries claimed and not yet finished
         self._task: asyncio.Task | None = None
+        self.handlers: dict[str, Handler] = {SEND: self._send}
+
+    def register(self, kind: str, handler: Handler) -> None:
+        """Have ``handler`` do the entries of ``kind`` when they are due."""
+        self.handlers[kind] = handler
+
+    async def enqueue(
+        self,
+        kind: str,
+        key: str,
+        due_at: datetime,
+        payload: dict[str, Any] | None = None,
+        ref: str | None = None,
+    ) -> bool:
+        """Queue work of a registered kind for ``due_at``; False if ``key`` is queued already."""
+        due_ms = millis(due_at)
+        added = await self.store.put(kind, key, due_ms, payload or {}, ref)
+        if added and (self._wake_ms is None or due_ms < self._wake_ms):
+            self._wake.set()
+        return added
+
+    async def drop(self, ref: str, kinds: list[str]) -> int:
+        """Forget pending work of these kinds about notification ``ref``."""
+        return await self.store.drop(ref, kinds)
 
     def start(self) -> None:
         """Start the loop."""
@@ -203,31 +285,55 @@ class Scheduler:
         return None
 
     async def send_due(self) -> int:
-        """Claim what is due now and send it; returns how many entries were claimed."""
-        now = utcnow()
-        entries = await self.store.claim(self.node_id, millis(now), self.lease_ms, BATCH)
+        """Claim what is due now and do it; returns how many entries were claimed."""
+        entries = await self.store.claim(self.node_id, millis(utcnow()), self.lease_ms, BATCH)
         if not entries:
             return 0
         self._holding = entries
+        by_kind: dict[str, list[dict]] = {}
+        for entry in entries:
+            by_kind.setdefault(entry.get("kind") or SEND, []).append(entry)
+        failed: Exception | None = None
+        for kind, mine in by_kind.items():
+            try:
+                await self._do(kind, mine)
+            except Exception as exc:  # one kind's failure must not hold up the others
+                failed = failed or exc
+        self._holding = []
+        if failed is not None:
+            raise failed
+        return len(entries)
+
+    async def _do(self, kind: str, entries: list[dict]) -> None:
+        """Run one kind's handler; done entries are deleted, the others freed to retry."""
+        handler = self.handlers.get(kind)
+        if handler is None:  # a kind this node's version does not know: leave it to others
+            log.warning("no handler for %d entries of kind %s", len(entries), kind)
+            await self.store.release(entries, millis(utcnow()) + self.lease_ms)
+            return
+        try:
+            again = await handler(entries) or {}
+        except Exception:
+            retry_ms = millis(utcnow()) + int(RETRY_AFTER_FAILURE * 1000)
+            with contextlib.suppress(PyMongoError):
+                await self.store.release(entries, retry_ms)
+            raise
+        if again:
+            await self.store.retry([e for e in entries if e["_id"] in again], again)
+        await self.store.done([e for e in entries if e["_id"] not in again])
+
+    async def _send(self, entries: list[dict]) -> None:
+        """Send scheduled notifications (kind ``send``) into the feed."""
+        now = utcnow()
         live = [e for e in entries if e["doc"]["visible_until"] > now]
         if len(live) < len(entries):
             log.info("%d scheduled notifications expired unsent", len(entries) - len(live))
         docs = [self._ready(e["doc"], now) for e in live]
-        try:
-            if docs:
-                await self.sequencer.append(docs, idempotent=True)
-        except StorageUnavailable:
-            retry_ms = millis(utcnow()) + int(RETRY_AFTER_FAILURE * 1000)
-            with contextlib.suppress(PyMongoError):
-                await self.store.release(entries, retry_ms)
-            self._holding = []
-            raise
+        if docs:
+            await self.sequencer.append(docs, idempotent=True)
         for doc in docs:
             if doc.get("seq") is not None:
                 METRICS.created.labels(doc["type"]).inc()
-        await self.store.done(entries)
-        self._holding = []
-        return len(entries)
 
     def _ready(self, doc: dict, now: datetime) -> dict:
         """The notification as sent now: kept from its sending time, not its scheduling."""
