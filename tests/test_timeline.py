@@ -164,3 +164,20 @@ async def test_a_failing_kind_does_not_hold_up_scheduled_sends(node, api):
     entry = await scheduler.store.get("broken:1")
     assert entry is not None and entry["attempts"] >= 1  # kept for another try
     sock.close()
+
+
+async def test_listeners_hear_each_stored_event_once(node, api):
+    heard: list[tuple[str, str]] = []
+
+    async def listener(entry: dict) -> None:
+        heard.append((entry["notification_id"], entry["event"]))
+
+    async def broken(entry: dict) -> None:
+        raise RuntimeError("a listener's failure stays its own")
+
+    node.node.notifications.timeline.listeners += [broken, listener]
+    first, second = await api.notify("p-7", "a"), await api.notify("p-7", "b")
+    await api.post(f"/v1/users/p-7/notifications/{first['id']}/read")
+    await api.post(f"/v1/users/p-7/notifications/{first['id']}/read")
+    await api.post("/v1/users/p-7/notifications/read-all")
+    assert heard == [(first["id"], "read"), (second["id"], "read")]

@@ -9,6 +9,8 @@ the ingest path free of timeline writes.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,6 +20,12 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from server.app.timeutil import iso, utcnow
+
+log = logging.getLogger("notify.timeline")
+
+# Told of every stored event ({notification_id, event, at, fields}): how webhooks hear of
+# what happened without each capability calling them.
+Listener = Callable[[dict], Awaitable[None]]
 
 EVENTS = (
     "created",
@@ -41,6 +49,7 @@ class Timeline:
     def __init__(self, db: AsyncDatabase, retention_days: int):
         self.collection = db.timeline
         self.retention = timedelta(days=retention_days)
+        self.listeners: list[Listener] = []
 
     async def create_indexes(self) -> None:
         """One notification's events in order; entries leave with the retention period."""
@@ -75,6 +84,7 @@ class Timeline:
             await self.collection.insert_one(entry)
         except DuplicateKeyError:
             return False
+        await self._tell([entry])
         return True
 
     async def record_each(self, notification_ids: list[str], event: str) -> None:
@@ -83,20 +93,28 @@ class Timeline:
             return
         at = utcnow()
         purge_at = at + self.retention
-        await self.collection.insert_many(
-            [
-                {
-                    "_id": str(ObjectId()),
-                    "notification_id": nid,
-                    "event": event,
-                    "at": at,
-                    "purge_at": purge_at,
-                    "fields": {},
-                }
-                for nid in notification_ids
-            ],
-            ordered=False,
-        )
+        entries = [
+            {
+                "_id": str(ObjectId()),
+                "notification_id": nid,
+                "event": event,
+                "at": at,
+                "purge_at": purge_at,
+                "fields": {},
+            }
+            for nid in notification_ids
+        ]
+        await self.collection.insert_many(entries, ordered=False)
+        await self._tell(entries)
+
+    async def _tell(self, entries: list[dict]) -> None:
+        """Hand stored events to the listeners; a listener's failure is theirs alone."""
+        for listener in self.listeners:
+            for entry in entries:
+                try:
+                    await listener(entry)
+                except Exception:  # the event is recorded; a listener must not undo that
+                    log.exception("a timeline listener failed on %s", entry["event"])
 
     async def has(self, notification_id: str, event: str) -> bool:
         """Whether an event of this kind was recorded for the notification."""
