@@ -23,7 +23,13 @@ from tornado import web
 
 from handlers.base import BaseHandler
 from server.app import schemas
-from server.app.errors import Forbidden, ServiceError, ValidationFailed, retry_after
+from server.app.errors import (
+    RETRY_AFTER_UNAVAILABLE,
+    Forbidden,
+    ServiceError,
+    ValidationFailed,
+    retry_after,
+)
 from server.app.metrics import METRICS
 from server.app.node import Node
 from server.app.timeutil import as_datetime, iso
@@ -219,6 +225,7 @@ class PageHandler(BaseHandler):
                 self.set_header("Retry-After", retry_after(exc.retry_after))
         elif isinstance(exc, PyMongoError):
             status_code, message = 503, "The database is unavailable. Try again in a moment."
+            self.set_header("Retry-After", str(RETRY_AFTER_UNAVAILABLE))
         elif isinstance(exc, web.HTTPError) and exc.log_message and status_code < 500:
             message = exc.log_message % exc.args if exc.args else exc.log_message
         self.clear_header("Content-Type")

@@ -21,6 +21,7 @@ from server.app.errors import (
 )
 from server.app.timeutil import iso
 from server.dashboard import compose
+from server.dashboard.staff import test_client_roles
 
 ID = f"({schemas.ID_CHARS})"
 LOCAL_PATH = re.compile(schemas.LOCAL_PATH_PATTERN)
@@ -156,6 +157,13 @@ class TestTokenHandler(PageHandler):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         try:
             req = self.form(schemas.TestTokenIn())
+            allowed = test_client_roles(self.staff["role"])
+            if not set(req["roles"]) <= allowed:
+                await self.services.audit.record(
+                    self.actor, "test_client.token_refused", req["user_id"], roles=req["roles"]
+                )
+                message = f"only {', '.join(sorted(allowed))}: a patient's or your own role"
+                raise ValidationFailed("the form is not valid", {"roles": [message]})
         except ValidationFailed as exc:
             self.set_status(400)
             return self.finish(json.dumps({"error": exc.message, "fields": exc.fields}))

@@ -13,7 +13,6 @@ from typing import TextIO
 from server.app.audit import Audit
 from server.app.errors import ServiceError
 from server.app.store import Store, connect
-from server.app.timeutil import utcnow
 from server.auth.credentials import ApiKeys
 from server.auth.ratelimit import RateLimits
 from server.dashboard.staff import StaffAccounts, normalize
@@ -62,7 +61,8 @@ async def list_api_keys(settings: Settings) -> list[dict]:
 async def revoke_api_key(settings: Settings, key_id: str) -> dict | None:
     """Revoke a key by id."""
     async with open_store(settings) as store:
-        record = await store.revoke_api_key(key_id, utcnow())
+        audit = Audit(store.db, settings.audit_retention_days)
+        record = await ApiKeys(store).revoke(key_id, "cli", audit)
         return api_key(record) if record else None
 
 
