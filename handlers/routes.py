@@ -18,6 +18,7 @@ from handlers.dashboard import admin as dashboard_admin
 from handlers.dashboard import base as dashboard_base
 from handlers.dashboard import pages as dashboard
 from handlers.dashboard import socket as dashboard_ws
+from handlers.static import StaticFiles
 from server.app.node import Node
 
 access_log = logging.getLogger("notify.access")
@@ -55,6 +56,7 @@ def make_app(node: Node, **extra) -> web.Application:
         services=node,
         log_function=log_request,
         static_path=str(ROOT / "static"),
+        static_handler_class=StaticFiles,
         template_path=str(ROOT / "templates"),
         websocket_ping_interval=s.ping_interval,
         websocket_ping_timeout=s.ping_timeout,
