@@ -181,3 +181,38 @@ async def test_listeners_hear_each_stored_event_once(node, api):
     await api.post(f"/v1/users/p-7/notifications/{first['id']}/read")
     await api.post("/v1/users/p-7/notifications/read-all")
     assert heard == [(first["id"], "read"), (second["id"], "read")]
+
+
+async def test_planners_see_every_notification_before_it_is_stored(node, api):
+    seen: list[tuple[str, bool]] = []
+    notifications = node.node.notifications
+
+    async def planner(docs: list[dict]) -> None:
+        for doc in docs:
+            stored = await notifications.store.get(doc["_id"])
+            seen.append((doc["title"], stored is None))
+
+    notifications.planners.append(planner)
+    await api.notify("p-8", "now")
+    await api.notify("p-8", "later", deliver_at=iso(utcnow() + timedelta(hours=1)))
+    await api.post(
+        "/v1/broadcasts", {"audience": "all", "title": "everyone", "message": "m"}, expect=201
+    )
+    assert seen == [("now", True), ("later", True), ("everyone", True)]
+
+
+async def test_a_failing_planner_stores_nothing(node, api):
+    from pymongo.errors import AutoReconnect
+
+    async def down(docs: list[dict]) -> None:
+        raise AutoReconnect("storage went away")
+
+    node.node.notifications.planners.append(down)
+    error = await api.post(
+        "/v1/notifications",
+        {"user_id": "p-9", "type": "custom", "title": "t", "message": "m"},
+        expect=503,
+    )
+    assert error["code"] == "storage_unavailable"
+    node.node.notifications.planners.clear()
+    assert (await api.get("/v1/users/p-9/notifications"))["items"] == []

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from bson import ObjectId
+from pymongo.errors import PyMongoError
 
-from server.app.errors import Conflict, NotFound, ValidationFailed
+from server.app.errors import Conflict, NotFound, StorageUnavailable, ValidationFailed
 from server.app.metrics import METRICS
 from server.app.store import FOREVER, Store
 from server.app.timeutil import utcnow
@@ -59,6 +60,9 @@ class Notifications:
         self.publish_event = publish_event
         self.node_id = node_id
         self.timeline = timeline
+        # Called with documents about to be stored (now or scheduled): capabilities that act
+        # on a notification later (push, escalation) queue that work here.
+        self.planners: list[Callable[[list[dict]], Awaitable[None]]] = []
         self.replay_limit = replay_limit
         self.retention = store.retention
         self.scheduler = None  # set by the app when scheduling is wired in
@@ -115,10 +119,25 @@ class Notifications:
         if deliver_at is not None and deliver_at > now:
             if self.scheduler is None:
                 raise ValidationFailed("scheduling is not available", {"deliver_at": ["later"]})
+            await self._plan(docs)
             return await self.scheduler.schedule(docs)
+        await self._plan(docs)
         stored = await self.sequencer.append(docs)
         METRICS.created.labels(payload["type"]).inc(len(stored))
         return stored
+
+    async def _plan(self, docs: list[dict]) -> None:
+        """Let each planner queue its later work (a push, a ladder) before the docs are stored.
+
+        Before, not after: a node that dies between the two then leaves queued work whose
+        notification is missing (its handler drops it), never a stored notification whose
+        push or escalation was lost.
+        """
+        for planner in self.planners:
+            try:
+                await planner(docs)
+            except PyMongoError as exc:
+                raise StorageUnavailable("storage is unavailable") from exc
 
     async def cancel(self, notification_id: str) -> dict:
         """Cancel a scheduled notification not yet sent; 409 once sent or sending, else 404."""
