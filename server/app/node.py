@@ -97,7 +97,6 @@ class Node:
             bus.publish_event,
             node_id,
             settings.replay_limit,
-            settings.retention_days,
             Timeline(store.db, settings.retention_days),
         )
         tokens = Tokens(
@@ -151,7 +150,16 @@ class Node:
             self.scheduler.start()
         self.bus.start()
         await self.cluster.start(self.started_at)
-        self.dashboard = Dashboard(self)
+        self.dashboard = Dashboard(
+            self.settings,
+            self.store.db,
+            self.hub,
+            self.notifications,
+            self.audit,
+            self.limits,
+            self.stats,
+            self.presence,
+        )
         await self.dashboard.start()
 
     async def _create_indexes(self) -> None:
