@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import random
 import uuid
 
 import pytest
@@ -23,6 +24,30 @@ from server.embedded import EmbeddedMongo
 from tests.support import Api, serve_node, test_settings
 
 ALL_SCOPES = ["notify", "broadcast", "tokens", "read", "admin"]
+
+
+def pytest_configure(config):
+    # The fuzz tests' seed. CI's hypothesis profile derandomizes (the same examples every
+    # run); elsewhere one seed per run, shared with xdist's workers through the environment
+    # (they start after this) and shown in the header, so that a failure can be run again.
+    from hypothesis import core
+    from hypothesis import settings as hypothesis_settings
+
+    if hypothesis_settings.default.derandomize or config.getoption("hypothesis_seed", None):
+        return
+    seed = os.environ.setdefault("HYPOTHESIS_SEED", str(random.randrange(2**32)))
+    core.global_force_seed = int(seed)
+
+
+def pytest_report_header(config):
+    from hypothesis import settings as hypothesis_settings
+
+    if hypothesis_settings.default.derandomize:
+        return "fuzz: derandomized (hypothesis ci profile); run again with CI=true"
+    if config.getoption("hypothesis_seed", None):
+        return f"fuzz: --hypothesis-seed={config.getoption('hypothesis_seed')}"
+    seed = os.environ["HYPOTHESIS_SEED"]
+    return f"fuzz: seed {seed}; run again with HYPOTHESIS_SEED={seed} (failures in .hypothesis/)"
 
 
 @pytest.fixture(scope="session")

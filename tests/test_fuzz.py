@@ -19,12 +19,19 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from server.schemas import PRIORITIES, TYPES
 from tests.support import Socket
 
+# Reproducible: in CI (hypothesis' "ci" profile) every run draws the same examples; elsewhere
+# the run's seed is in pytest's header (tests/conftest.py) and failing examples are kept in
+# .hypothesis/ (not in git), replayed first on the next run. print_blob prints a failure's
+# @reproduce_failure line either way.
 FUZZ = settings(
     max_examples=40,
     deadline=None,
+    print_blob=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 WRITTEN = ("notifications", "reads", "events", "scheduled", "users", "api_keys")
+pytestmark = pytest.mark.slow  # hundreds of requests and frames per test
+
 FRAME_WRITES = ("notifications", "reads", "events")
 USERS = ("p-1", "p-2")
 
