@@ -98,6 +98,9 @@ class Settings:
         False, "mark dashboard cookies Secure (set it when served over HTTPS behind a proxy)"
     )
     staff_session_hours: float = setting(12.0, "how long a dashboard login lasts")
+    staff_recheck_seconds: float = setting(
+        60.0, "how often an open staff socket checks that its session still holds"
+    )
     log_level: str = setting("INFO", "log level")
     debug: bool = setting(False, "Tornado debug mode (never in production)")
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Contract fuzzing: start the service on a fresh embedded database, create an API key with
 # every scope, run schemathesis against the service's own /v1/openapi.json, stop the service.
-# Fails on a 5xx, an answer that does not match the document (status or body), or a 405
-# without Allow. Bounded: a few dozen examples per operation, killed after SCHEMATHESIS_LIMIT s.
+# Fails on a 5xx, an answer that does not match the document (status or body), a 405
+# without Allow, or a 5xx or traceback in the service's log. Bounded: a few dozen examples
+# per operation, killed after SCHEMATHESIS_LIMIT s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -59,6 +60,12 @@ status=0
   --no-color) || status=$?
 
 stop_service
+# The checks above see answers; the log also shows what an answer can hide: any 5xx and any
+# traceback (an error logged, then answered as something else) fails the run.
+if grep -nE 'Traceback|"message": "5[0-9]{2} ' "$WORK/service.log" >&2; then
+  echo "schemathesis: the service logged a 5xx or a traceback (above)" >&2
+  status=1
+fi
 if [[ $status -ne 0 ]]; then
   echo "schemathesis failed ($status); the service's log:" >&2
   tail -n 50 "$WORK/service.log" >&2

@@ -15,6 +15,7 @@ from server import logs, origins, schemas
 from server.audit import actor_of
 from server.auth import Principal, looks_like_token
 from server.errors import (
+    RETRY_AFTER_UNAVAILABLE,
     Forbidden,
     ServiceError,
     StorageUnavailable,
@@ -24,7 +25,7 @@ from server.errors import (
 )
 from server.metrics import METRICS
 from server.node import Node
-from server.schemas import parse_json
+from server.schemas import DuplicateKey, parse_json
 
 log = logging.getLogger("notify.api")
 # Built once: json.dumps with an argument builds a new encoder on every call.
@@ -93,8 +94,9 @@ class APIHandler(BaseHandler):
     def cors_origin(self) -> str | None:
         """The caller's Origin when it is another, allowed one: answers then carry CORS headers."""
         if self._cors_origin == "":
+            request = self.request
             self._cors_origin = origins.cross_origin(
-                self.request.headers.get("Origin"), self.request.host, self.config.origins
+                request.headers.get("Origin"), request.host, request.protocol, self.config.origins
             )
         return self._cors_origin
 
@@ -113,7 +115,8 @@ class APIHandler(BaseHandler):
     async def options(self, *args: str) -> None:
         """A CORS preflight, or a plain OPTIONS: the route's methods; no credential needed."""
         origin = self.request.headers.get("Origin")
-        if origin and not self.cors_origin and not origins.same_host(origin, self.request.host):
+        same = origin and origins.same_host(origin, self.request.host, self.request.protocol)
+        if origin and not self.cors_origin and not same:
             # A 403 rather than a 204 without CORS headers: the browser blocks either way,
             # but the access log and the browser's network panel then say why, as the
             # socket's refusal of the same Origin does.
@@ -176,6 +179,8 @@ class APIHandler(BaseHandler):
         """The request body as JSON; a 400 if it is not."""
         try:
             return parse_json(self.request.body or b"")
+        except DuplicateKey as exc:
+            raise ValidationFailed("the body is not valid JSON", {"_body": [str(exc)]}) from None
         except (ValueError, RecursionError):
             raise ValidationFailed("the body is not valid JSON") from None
 
@@ -212,6 +217,7 @@ class APIHandler(BaseHandler):
         elif isinstance(exc, PyMongoError):
             self.set_status(503)
             code, message = "storage_unavailable", "storage is unavailable; try again"
+            self.set_header("Retry-After", str(RETRY_AFTER_UNAVAILABLE))
         elif isinstance(exc, web.HTTPError):
             message = exc.log_message if exc.log_message and status_code < 500 else None
         if status_code == 405:

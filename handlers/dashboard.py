@@ -12,6 +12,7 @@ from tornado import web
 from handlers.dashboard_base import DashboardNotFound, PageHandler, RootRedirect
 from server import compose, schemas
 from server.errors import Conflict, NotFound, RateLimited, Unauthorized, ValidationFailed
+from server.staff import test_client_roles
 from server.timeutil import iso
 
 ID = r"([A-Za-z0-9][A-Za-z0-9._:@\-]{0,127})"
@@ -147,6 +148,13 @@ class TestTokenHandler(PageHandler):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         try:
             req = self.form(schemas.TestTokenIn())
+            allowed = test_client_roles(self.staff["role"])
+            if not set(req["roles"]) <= allowed:
+                await self.services.audit.record(
+                    self.actor, "test_client.token_refused", req["user_id"], roles=req["roles"]
+                )
+                message = f"only {', '.join(sorted(allowed))}: a patient's or your own role"
+                raise ValidationFailed("the form is not valid", {"roles": [message]})
         except ValidationFailed as exc:
             self.set_status(400)
             return self.finish(json.dumps({"error": exc.message, "fields": exc.fields}))

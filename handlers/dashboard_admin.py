@@ -10,7 +10,6 @@ from handlers.dashboard_base import PageHandler, admin_only
 from server import schemas
 from server.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from server.render import api_key
-from server.timeutil import utcnow
 
 ID = r"([A-Za-z0-9][A-Za-z0-9._:@\-]{0,127})"
 USERNAME = r"([A-Za-z0-9][A-Za-z0-9._\-]{1,31})"
@@ -56,13 +55,9 @@ class ApiKeyRevokeHandler(PageHandler):
     @admin_only
     async def post(self, key_id: str) -> None:
         """Revoke a key: it stops working on every node within the key cache's seconds."""
-        record = await self.services.store.revoke_api_key(key_id, utcnow())
+        record = await self.services.api_keys.revoke(key_id, self.actor, self.services.audit)
         if record is None:
             raise NotFound("no such API key")
-        self.services.api_keys.forget()
-        await self.services.audit.record(
-            self.actor, "api_key.revoke", key_id, name=record.get("name")
-        )
         self.flash(f"The key {record.get('name')} was revoked.")
         self.redirect("/dashboard/api-keys")
 

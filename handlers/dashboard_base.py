@@ -24,7 +24,7 @@ from tornado import web
 from handlers.base import BaseHandler
 from server import schemas
 from server.dashboard_views import Dashboard
-from server.errors import Forbidden, ServiceError, ValidationFailed
+from server.errors import RETRY_AFTER_UNAVAILABLE, Forbidden, ServiceError, ValidationFailed
 from server.metrics import METRICS
 from server.node import Node
 from server.staff import cookie_secret
@@ -219,6 +219,7 @@ class PageHandler(BaseHandler):
                 self.set_header("Retry-After", str(max(1, round(exc.retry_after))))
         elif isinstance(exc, PyMongoError):
             status_code, message = 503, "The database is unavailable. Try again in a moment."
+            self.set_header("Retry-After", str(RETRY_AFTER_UNAVAILABLE))
         elif isinstance(exc, web.HTTPError) and exc.log_message and status_code < 500:
             message = exc.log_message % exc.args if exc.args else exc.log_message
         self.clear_header("Content-Type")

@@ -2,9 +2,10 @@
 
 Only a signed-in staff member's browser may open it: the session cookie is checked before
 the upgrade (401 without one), the Origin must be this very host (a page elsewhere cannot
-ride the cookie), and the session is checked again every minute, so a logout or a disabled
-account closes it. The socket only passes things on: ``server.activity.LiveFeed`` decides
-what to send.
+ride the cookie; server/origins.py, the same check as the patients' socket), and the session
+is checked again every ``NOTIFY_STAFF_RECHECK_SECONDS``, so a logout, or an account disabled,
+deleted or given another role, closes it. The socket only passes things on:
+``server.activity.LiveFeed`` decides what to send.
 """
 
 from __future__ import annotations
@@ -12,20 +13,18 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
-from urllib.parse import urlparse
 
 from marshmallow import ValidationError
 from tornado import websocket
 from tornado.ioloop import PeriodicCallback
 
 from handlers.dashboard_base import SESSION_COOKIE
-from server import schemas
+from server import origins, schemas
 from server.node import Node
 
 log = logging.getLogger("notify.dashboard")
 
 POLICY = 1008
-RECHECK_MS = 60_000
 
 
 class DashboardSocket(websocket.WebSocketHandler):
@@ -39,9 +38,12 @@ class DashboardSocket(websocket.WebSocketHandler):
     def services(self) -> Node:
         return self.settings["services"]
 
-    def check_origin(self, origin: str) -> bool:
+    def check_origin(self, origin: str | None) -> bool:
         """Only pages of this host: the session cookie must not work from anywhere else."""
-        return urlparse(origin).netloc.lower() == self.request.host.lower()
+        request = self.request
+        return origins.socket_allowed(
+            origin, request.host, request.protocol, frozenset(), cookies=True
+        )
 
     def _token(self) -> str | None:
         raw = self.get_signed_cookie(SESSION_COOKIE, max_age_days=31)
@@ -49,8 +51,7 @@ class DashboardSocket(websocket.WebSocketHandler):
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         """Refuse a missing or ended session (401) and other Origins (403) before upgrading."""
-        origin = self.request.headers.get("Origin")
-        if origin is None or not self.check_origin(origin):
+        if not self.check_origin(self.request.headers.get("Origin")):
             return self._refuse(403, "this Origin is not allowed")
         self.staff = await self.services.dashboard.staff.session(self._token())
         if self.staff is None:
@@ -66,7 +67,8 @@ class DashboardSocket(websocket.WebSocketHandler):
     def open(self, *args: Any, **kwargs: Any) -> None:
         """Start receiving the live feed; re-check the session every minute."""
         self.services.dashboard.live.add(self)
-        self._recheck = PeriodicCallback(self._check_session, RECHECK_MS)
+        every = self.services.settings.staff_recheck_seconds * 1000
+        self._recheck = PeriodicCallback(self._check_session, every)
         self._recheck.start()
 
     async def _check_session(self) -> None:

@@ -101,9 +101,12 @@ class NotificationSocket(websocket.WebSocketHandler):
     def services(self) -> Node:
         return self.settings["services"]
 
-    def check_origin(self, origin: str) -> bool:
+    def check_origin(self, origin: str | None) -> bool:
         """Allow the configured Origins; with none configured, only the same host."""
-        return origins.allowed(origin, self.request.host, self.services.settings.origins)
+        request = self.request
+        return origins.socket_allowed(
+            origin, request.host, request.protocol, self.services.settings.origins, cookies=False
+        )
 
     def get(self, *args: Any, **kwargs: Any) -> Awaitable[None] | None:
         """Refuse bad Origins (403), bad tokens (401) and bad queries (400) before upgrading."""
@@ -124,13 +127,14 @@ class NotificationSocket(websocket.WebSocketHandler):
         except RateLimited as exc:
             self.set_header("Retry-After", str(max(1, round(exc.retry_after))))
             return self._refuse(429, "rate_limited", "too many connection attempts; retry later")
-        origin = self.request.headers.get("Origin")
-        if origin is not None and not self.check_origin(origin):
+        if not self.check_origin(self.request.headers.get("Origin")):
             return self._refuse(403, "forbidden", "this Origin is not allowed")
-        args_in = {
-            k: v[-1].decode("utf-8", "replace") for k, v in self.request.query_arguments.items()
-        }
+        given = self.request.query_arguments
+        args_in = {k: v[-1].decode("utf-8", "replace") for k, v in given.items()}
+        repeated = {k: ["give it once"] for k, v in given.items() if len(v) != 1}
         self._forget_query()
+        if repeated:  # as with JSON keys: which of two tokens would a proxy have checked?
+            return self._refuse(400, "validation_error", "the query is not valid", repeated)
         try:
             self.query_in = schemas.shared(schemas.SocketQuery).load(args_in)
         except ValidationError as err:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import sys
 import time
@@ -13,13 +14,18 @@ from datetime import UTC, datetime, timedelta
 import jwt
 from bson import ObjectId
 
+from server.audit import Audit
 from server.errors import Conflict, Forbidden, NotFound, Unauthorized
-from server.schemas import SCOPES
+from server.schemas import ID_RE, LATEST, ROLE_PATTERN, SCOPES
 from server.store import Store
 from server.timeutil import as_datetime, utcnow
 
 KEY_PREFIX = "nk_"
 ALGORITHM = "HS256"
+MAX_TOKEN = 8192  # far above any real token (a few hundred bytes); more is not worth parsing
+MAX_ROLES = 20
+ROLE_RE = re.compile(ROLE_PATTERN)
+LATEST_SECONDS = LATEST.timestamp()
 
 
 # Slots: a socket keeps its token's principal for as long as it is open.
@@ -67,7 +73,14 @@ class Tokens:
         return token, datetime.fromtimestamp(now + ttl, UTC)
 
     def check(self, token: str) -> Principal:
-        """The token's user; raises Unauthorized for a bad, expired or unsigned token."""
+        """The token's user; raises Unauthorized for a bad, expired or unsigned token.
+
+        Every claim is checked here, whoever signed the token (this service, or a platform
+        holding the shared secret): a claim of the wrong type or out of range is a 401, never
+        an error further on (``exp`` in milliseconds, as ``Date.now()`` gives, is the usual).
+        """
+        if not isinstance(token, str) or len(token) > MAX_TOKEN:
+            raise Unauthorized("the token is not valid")
         try:
             claims = jwt.decode(
                 token,
@@ -77,17 +90,46 @@ class Tokens:
             )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("the token has expired") from None
-        except jwt.PyJWTError:
+        # PyJWT lets some odd values escape as Python errors (an exp of Infinity overflows
+        # its int()): a token that cannot be read is a bad token, whatever broke on it.
+        except (jwt.PyJWTError, ValueError, TypeError, OverflowError, RecursionError):
             raise Unauthorized("the token is not valid") from None
-        sub, roles = claims.get("sub"), claims.get("roles", [])
-        if not isinstance(sub, str) or not sub or len(sub) > 128:
-            raise Unauthorized("the token has no valid subject")
-        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-            raise Unauthorized("the token's roles are not a list of strings")
-        expires = datetime.fromtimestamp(claims["exp"], UTC)
-        # Role names interned: thousands of sockets share a handful, one string each.
-        roles = tuple(sys.intern(r) for r in roles[:20])
-        return Principal("token", sub, roles=roles, expires_at=expires)
+        return principal_of(claims)
+
+
+def principal_of(claims: dict) -> Principal:
+    """The principal of verified claims; Unauthorized naming the first claim that is wrong."""
+    sub, roles = claims.get("sub"), claims.get("roles", [])
+    if not isinstance(sub, str) or not ID_RE.match(sub):
+        raise Unauthorized("the token's sub is not a valid user id")
+    if (
+        not isinstance(roles, list)
+        or len(roles) > MAX_ROLES
+        or not all(isinstance(r, str) and ROLE_RE.match(r) for r in roles)
+    ):
+        raise Unauthorized(f"the token's roles are not a list of up to {MAX_ROLES} role names")
+    for name in ("iat", "nbf"):
+        if name in claims and _seconds(claims[name]) is None:
+            raise Unauthorized(f"the token's {name} is not a time in seconds")
+    exp = _seconds(claims["exp"])
+    if exp is None:
+        raise Unauthorized("the token's exp is not a time in seconds since 1970 (milliseconds?)")
+    # Role names interned: thousands of sockets share a handful, one string each.
+    roles = tuple(sys.intern(r) for r in roles)
+    return Principal("token", sub, roles=roles, expires_at=datetime.fromtimestamp(exp, UTC))
+
+
+def _seconds(value: object) -> float | None:
+    """A NumericDate (RFC 7519: seconds, possibly fractional) this service can hold, or None.
+
+    A bool is not a number here, nor a string of digits; the year 3000 bounds it (a time in
+    milliseconds is tens of thousands of years ahead, past what a datetime holds).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not (0 <= value <= LATEST_SECONDS):  # also false for NaN
+        return None
+    return float(value)
 
 
 def hash_key(key: str) -> str:
@@ -173,6 +215,18 @@ class ApiKeys:
             await self.store.expire_api_key(key_id, until)
         self.forget()
         return key, record
+
+    async def revoke(self, key_id: str, actor: str, audit: Audit) -> dict | None:
+        """Revoke a key (the one path of the dashboard and the command line): stored, this
+        node's cache dropped, audited. None for an unknown key.
+
+        Other nodes stop honouring it within ``api_key_cache_seconds`` (their caches)."""
+        record = await self.store.revoke_api_key(key_id, utcnow())
+        if record is None:
+            return None
+        self.forget()
+        await audit.record(actor, "api_key.revoke", key_id, name=record.get("name"))
+        return record
 
     def forget(self) -> None:
         """Drop cached lookups (after a revocation on this node)."""

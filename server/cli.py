@@ -19,7 +19,6 @@ from server.render import api_key
 from server.staff import StaffAccounts, normalize
 from server.staff_store import StaffStore
 from server.store import Store, connect
-from server.timeutil import utcnow
 from settings import Settings
 
 
@@ -62,7 +61,8 @@ async def list_api_keys(settings: Settings) -> list[dict]:
 async def revoke_api_key(settings: Settings, key_id: str) -> dict | None:
     """Revoke a key by id."""
     async with open_store(settings) as store:
-        record = await store.revoke_api_key(key_id, utcnow())
+        audit = Audit(store.db, settings.audit_retention_days)
+        record = await ApiKeys(store).revoke(key_id, "cli", audit)
         return api_key(record) if record else None
 
 

@@ -74,6 +74,9 @@ def _data(text: str, errors: dict[str, list[str]]) -> dict:
         return {}
     try:
         value = schemas.parse_json(text)
+    except schemas.DuplicateKey as exc:
+        errors["data"] = [str(exc)]
+        return {}
     except (ValueError, RecursionError):
         errors["data"] = ["not valid JSON"]
         return {}

@@ -50,9 +50,17 @@ class RateLimited(ServiceError):
         self.retry_after = retry_after
 
 
+# What a 503 tells the caller to wait: storage that went away (a MongoDB election takes a
+# few seconds) or a node over capacity is rarely back sooner, and clients that all retry at
+# once would only make it worse.
+RETRY_AFTER_UNAVAILABLE = 5
+
+
 class StorageUnavailable(ServiceError):
     status, code = 503, "storage_unavailable"
+    retry_after = RETRY_AFTER_UNAVAILABLE
 
 
 class OverCapacity(ServiceError):
     status, code = 503, "over_capacity"
+    retry_after = RETRY_AFTER_UNAVAILABLE

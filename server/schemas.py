@@ -311,12 +311,30 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+class DuplicateKey(ValueError):
+    """A JSON object names the same key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    # Python keeps the last of repeated keys, other parsers the first: a proxy or validator
+    # in front could then check one value while the service stores another. Refuse both.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise DuplicateKey(f"the key {key[:40]!r} appears twice in one object")
+    return obj
+
+
 # Built once: json.loads with an argument builds a new decoder on every call.
-_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, object_pairs_hook=_unique_keys)
 
 
 def parse_json(raw: str | bytes) -> Any:
     """JSON text to Python; raises ValueError or RecursionError for what cannot be kept.
+
+    The one JSON parser of everything a client sends (bodies, socket frames, form fields):
+    a key repeated in an object is a ``DuplicateKey`` (a ValueError).
 
     Python's parser takes NaN and Infinity, and lone surrogates (``"\\ud800"``, or such
     bytes, which it decodes with ``surrogatepass``), none of which MongoDB or a JSON answer
@@ -342,6 +360,8 @@ def frame_object(raw: str | bytes) -> dict:
         raise ValidationError({"_frame": ["binary frames are not accepted"]})
     try:
         frame = parse_json(raw)
+    except DuplicateKey as exc:
+        raise ValidationError({"_frame": [str(exc)]}) from None
     except (ValueError, RecursionError):
         raise ValidationError({"_frame": ["not JSON"]}) from None
     if not isinstance(frame, dict):

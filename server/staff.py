@@ -28,9 +28,19 @@ from settings import Settings
 
 USERNAME_RE = re.compile(schemas.USERNAME_PATTERN)
 FIRST_ADMIN = "admin"
+PATIENT_ROLE = "patient"
 FORM_INVALID = "the form is not valid"
 
 HASHER = PasswordHasher()
+
+
+def test_client_roles(staff_role: str) -> frozenset[str]:
+    """Roles the test client may put in a token: a patient's and the staff member's own.
+
+    Never ``admin``: the test client watches what a user sees, and a staff member must not
+    be able to mint a token for a role (and its broadcasts) they do not hold themselves.
+    """
+    return frozenset({PATIENT_ROLE, staff_role}) - {"admin"}
 
 
 def cookie_secret(settings: Settings) -> str:
@@ -101,6 +111,10 @@ class StaffAccounts:
         if account["role"] == "admin" and role != "admin":
             await self._keep_an_admin(username)
         updated = await self.store.update_account(username, {"role": role})
+        if account["role"] == "admin" and role != "admin":
+            # Demoted: whatever an admin's session holds open (pages, a staff socket) ends
+            # with it; the next login starts with the new role. A promotion keeps it.
+            await self.store.delete_sessions_of(username)
         await self.audit.record(actor, "staff.role", username, role=role)
         return updated
 

@@ -8,6 +8,10 @@
 - ``node``: one running node (``Running``: ``.url``, ``.node``, ``.stop()``).
 - ``api_key``: an API key with every scope; ``api``: an ``Api`` client using it.
 - ``second_node``: another node on the same database (for cross-node tests).
+
+Hypothesis runs derandomized (a seed derived from each test), so a failure in CI fails the
+same way on a laptop, and prints the ``@reproduce_failure`` blob; ``HYPOTHESIS_PROFILE=explore``
+draws fresh examples each run (its example database, ``.hypothesis/``, is git-ignored).
 """
 
 from __future__ import annotations
@@ -18,12 +22,17 @@ import uuid
 
 import pytest
 import pytest_asyncio
+from hypothesis import settings as hypothesis_settings
 from pymongo import MongoClient
 
 from server.embedded import EmbeddedMongo
 from tests.support import Api, serve_node, test_settings
 
 ALL_SCOPES = ["notify", "broadcast", "tokens", "read", "admin"]
+
+hypothesis_settings.register_profile("repeatable", derandomize=True, print_blob=True)
+hypothesis_settings.register_profile("explore", print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 def pytest_configure(config):
