@@ -11,7 +11,8 @@
 
 Hypothesis runs derandomized (a seed derived from each test), so a failure in CI fails the
 same way on a laptop, and prints the ``@reproduce_failure`` blob; ``HYPOTHESIS_PROFILE=explore``
-draws fresh examples each run (its example database, ``.hypothesis/``, is git-ignored).
+draws fresh examples each run from one seed shown in pytest's header (``HYPOTHESIS_SEED=N``
+runs them again); its example database, ``.hypothesis/``, is git-ignored and replays failures.
 """
 
 from __future__ import annotations
@@ -36,11 +37,9 @@ hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatabl
 
 
 def pytest_configure(config):
-    # The fuzz tests' seed. CI's hypothesis profile derandomizes (the same examples every
-    # run); elsewhere one seed per run, shared with xdist's workers through the environment
+    # Exploring: one seed per run, shared with xdist's workers through the environment
     # (they start after this) and shown in the header, so that a failure can be run again.
     from hypothesis import core
-    from hypothesis import settings as hypothesis_settings
 
     if hypothesis_settings.default.derandomize or config.getoption("hypothesis_seed", None):
         return
@@ -49,14 +48,12 @@ def pytest_configure(config):
 
 
 def pytest_report_header(config):
-    from hypothesis import settings as hypothesis_settings
-
     if hypothesis_settings.default.derandomize:
-        return "fuzz: derandomized (hypothesis ci profile); run again with CI=true"
+        return "fuzz: derandomized (the same examples every run; HYPOTHESIS_PROFILE=explore)"
     if config.getoption("hypothesis_seed", None):
         return f"fuzz: --hypothesis-seed={config.getoption('hypothesis_seed')}"
     seed = os.environ["HYPOTHESIS_SEED"]
-    return f"fuzz: seed {seed}; run again with HYPOTHESIS_SEED={seed} (failures in .hypothesis/)"
+    return f"fuzz: seed {seed} (HYPOTHESIS_PROFILE=explore HYPOTHESIS_SEED={seed} repeats it)"
 
 
 @pytest.fixture(scope="session")

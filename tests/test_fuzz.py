@@ -19,10 +19,9 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from server.schemas import PRIORITIES, TYPES
 from tests.support import Socket
 
-# Reproducible: in CI (hypothesis' "ci" profile) every run draws the same examples; elsewhere
-# the run's seed is in pytest's header (tests/conftest.py) and failing examples are kept in
-# .hypothesis/ (not in git), replayed first on the next run. print_blob prints a failure's
-# @reproduce_failure line either way.
+# Reproducible (tests/conftest.py): derandomized by default; HYPOTHESIS_PROFILE=explore draws
+# from a seed shown in pytest's header, and keeps failing examples in .hypothesis/ (not in
+# git), replayed first on the next run. print_blob prints a failure's @reproduce_failure line.
 FUZZ = settings(
     max_examples=40,
     deadline=None,
