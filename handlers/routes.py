@@ -23,6 +23,7 @@ from handlers import (
     openapi,
     ws,
 )
+from handlers.static import StaticFiles
 from server import logs
 from server.node import Node
 
@@ -62,6 +63,7 @@ def make_app(node: Node, **extra) -> web.Application:
         services=node,
         log_function=log_request,
         static_path=str(ROOT / "static"),
+        static_handler_class=StaticFiles,
         template_path=str(ROOT / "templates"),
         websocket_ping_interval=s.ping_interval,
         websocket_ping_timeout=s.ping_timeout,

@@ -1,4 +1,4 @@
-"""static/notify-client.js in headless Chromium against real nodes.
+"""The browser library (clients/js, served as /static/notify-client.js) in headless Chromium.
 
 The pages under static/test-pages/ load the library (as an ES module or with a plain script
 tag) and render what it reports; ``fetchToken`` plays the portal's backend, minting tokens.
@@ -69,6 +69,18 @@ def assert_in_order_once(shown: list[dict], expected: list[dict]) -> None:
     assert [s["id"] for s in shown] == [e["id"] for e in expected]
     cursors = [int(s["cursor"]) for s in shown]
     assert cursors == sorted(cursors) and len(set(cursors)) == len(cursors)
+
+
+async def test_the_service_serves_the_packages_file(node):
+    """One source: /static/notify-client.js is clients/js/notify-client.js, byte for byte."""
+    from pathlib import Path
+
+    from tornado.httpclient import AsyncHTTPClient
+
+    package = Path(__file__).resolve().parent.parent / "clients" / "js" / "notify-client.js"
+    served = await AsyncHTTPClient().fetch(node.url + "/static/notify-client.js")
+    assert served.body == package.read_bytes()
+    assert "javascript" in served.headers["Content-Type"]
 
 
 async def test_live_notification_as_module_and_as_plain_script(node, api, browser):  # noqa: F811
@@ -326,11 +338,19 @@ async def test_offline_pauses_reconnecting_until_online(node, api, browser):  # 
     await page.evaluate("o => startClient(o)", FAST)
     await asyncio.sleep(0.5)
     statuses = await events(page, "status")
-    assert [s["status"] for s in statuses] == ["closed"] and statuses[0]["offline"] is True
+    assert [s["status"] for s in statuses] == ["offline"] and statuses[0]["offline"] is True
     assert await page.evaluate("window.tokenRequests") == 0
     await context.set_offline(False)
     await wait_status(page, "open")
-    assert [s["status"] for s in await events(page, "status")] == ["closed", "connecting", "open"]
+    assert [s["status"] for s in await events(page, "status")] == ["offline", "connecting", "open"]
+    # Going offline with the socket open says so at once, not after the ping timeout.
+    await context.set_offline(True)
+    await wait_status(page, "offline", timeout=2000)
+    missed = await api.notify("p-1", "while offline")
+    await context.set_offline(False)
+    await wait_status(page, "open")
+    [shown] = await wait_shown(page, 1)
+    assert shown["id"] == missed["id"]
     await context.close()
 
 
@@ -452,6 +472,10 @@ async def test_a_portal_on_another_origin_uses_rest_when_that_origin_is_allowed(
         )
         assert failed == ["TypeError", "TypeError"]  # fetch's network error: nothing to read
         assert await page.text_content("#status") != "open"
+        # The library works out why and says what to do.
+        await page.wait_for_function("window.events.some(e => e.code === 'origin_refused')")
+        [hint] = [e for e in await events(page, "error") if e["code"] == "origin_refused"]
+        assert other in hint["message"] and "NOTIFY_ALLOWED_ORIGINS" in hint["message"]
     finally:
         await context.close()
         await allowing.stop()

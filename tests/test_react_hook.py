@@ -1,8 +1,9 @@
-"""examples/react/useNotifications.js in headless Chromium, with React 18 in StrictMode.
+"""@clinic-notify/react (clients/react) in headless Chromium, with React 18 in StrictMode.
 
 React comes from npm (``.ci/run`` installs it under ``tests/.react``). The node serves the page
-(static/test-pages/react.html); React's UMD builds and the hook reach the browser through
-Playwright's routing under the node's own origin, as a portal on the same host would.
+(static/test-pages/react.html); React's UMD builds and the two packages' own files reach the
+browser through Playwright's routing under the node's own origin, as a portal on the same
+host would; an import map resolves "react", "@clinic-notify/client" and "@clinic-notify/react".
 """
 
 from __future__ import annotations
@@ -39,8 +40,12 @@ def files() -> dict[str, tuple[str, bytes]]:
         pytest.skip(f"the React hook test needs React: {INSTALL}")
     js = "text/javascript"
     served = {name: (js, path.read_bytes()) for name, path in umd.items()}
-    hook = ROOT / "examples" / "react" / "useNotifications.js"
-    served["useNotifications.js"] = (js, hook.read_bytes())
+    packaged = {
+        "hooks.mjs": ROOT / "clients" / "react" / "index.mjs",
+        "client.mjs": ROOT / "clients" / "js" / "index.mjs",
+        "notify-client.js": ROOT / "clients" / "js" / "notify-client.js",
+    }
+    served.update({name: (js, path.read_bytes()) for name, path in packaged.items()})
     served["react-shim.js"] = (js, SHIM.encode())
     return served
 
@@ -99,6 +104,17 @@ async def test_the_hook_lists_history_and_live_marks_read_and_keeps_one_socket(
 
         await page.evaluate("root.unmount()")
         await sockets_of(node, "p-1", 0)  # unmounting closes the socket
+
+        # The earlier system's name: useWebSocketNotifications(userId, options).
+        legacy = {"token": await api.token("p-1"), "minDelay": 100, "historySize": 0}
+        await page.evaluate("o => mount(o, true)", legacy)
+        await page.wait_for_function("document.getElementById('connected').textContent === 'true'")
+        await sockets_of(node, "p-1", 1)
+        again = await api.notify("p-1", "Reminder")
+        await page.wait_for_selector(f"li[data-id='{again['id']}']")
+        assert await page.evaluate("hook.transport") == "websocket"
+        await page.evaluate("root.unmount()")
+        await sockets_of(node, "p-1", 0)
         assert errors == []
     finally:
         await context.close()

@@ -3,7 +3,7 @@
 // `fetchNotifyToken` calls YOUR backend (the portal's server, which knows who is logged in);
 // that backend asks the notification service for a token (POST /v1/tokens with its API key)
 // or signs one with the shared secret. Never put an API key or the secret in the browser.
-import { useNotifications } from "./useNotifications.js";
+import { useNotifications } from "@clinic-notify/react";
 
 async function fetchNotifyToken() {
   const response = await fetch("/portal/api/notify-token", {
