@@ -13,7 +13,7 @@ import pytest
 
 from tests.support import Api, serve_node
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow]  # each test starts the client process
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -195,6 +195,7 @@ async def test_bad_key_is_401_and_missing_scope_is_403(node, flavor):
     assert "notify" in denied.value.message
 
 
+@pytest.mark.slow
 async def test_storage_gone_is_503_and_the_service_recovers(settings, tmp_path):
     database = EmbeddedMongo(tmp_path / "db")
     uri = database.start()
@@ -242,6 +243,7 @@ async def test_local_mistakes_fail_before_any_request(flavor):
     assert "nk_x" not in repr(api.api)
 
 
+@pytest.mark.slow
 async def test_the_module_needs_only_the_standard_library():
     code = (
         "import sys, tools.integrator as m; "

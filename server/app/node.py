@@ -13,6 +13,7 @@ import pymongo
 from pymongo import AsyncMongoClient
 from pymongo.errors import ConnectionFailure, OperationFailure
 
+from server.app import logs
 from server.app.audit import Audit
 from server.app.errors import StorageUnavailable
 from server.app.secret_files import local_secret
@@ -66,6 +67,8 @@ class Node:
     dashboard: Dashboard | None = None
     limits: RateLimits | None = None
     protocol: ConnectionProtocol | None = None
+    # The key of user-id pseudonyms in log lines; None writes user ids as they are.
+    log_key: bytes | None = None
 
     @classmethod
     def build(cls, settings: Settings, uri: str, watch: bool = True) -> Node:
@@ -137,6 +140,7 @@ class Node:
             cluster=cluster,
             limits=limits,
             protocol=protocol,
+            log_key=None if settings.log_user_ids else logs.pseudonym_key(token_secret(settings)),
         )
 
     async def start(self) -> None:
