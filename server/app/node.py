@@ -144,7 +144,7 @@ class Node:
         )
 
     async def start(self) -> None:
-        """Create indexes, find the feed's position, start the writer and the bus."""
+        """Create indexes, find the feed's highest seq, start the writer and the bus."""
         await self._create_indexes()
         self.audit.start()
         self.hub.seq = await self.store.high_seq()
