@@ -19,6 +19,7 @@ SCENARIOS = {
     "ingest": "notifications stored per second, single and batched, vs raw insert_many",
     "reconnect": "sockets drop, notifications pile up, all reconnect with since",
     "stalled": "memory while 100 stalled readers sit through a fan-out",
+    "cluster": "three nodes: latency across nodes, then one killed and its clients moved",
 }
 
 

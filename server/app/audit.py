@@ -26,6 +26,7 @@ log = logging.getLogger("notify.audit")
 
 QUEUE_MAX = 20000
 BATCH = 500
+COALESCE = 0.05  # seconds the writer waits for more entries before a write
 
 
 def actor_of(principal: Any) -> str:
@@ -99,6 +100,7 @@ class Audit:
         delay = 0.1
         while True:
             await self._wake.wait()
+            await asyncio.sleep(COALESCE)  # a wave of sockets opening: one write, not dozens
             self._wake.clear()
             while self._queue:
                 batch, self._queue = self._queue[:BATCH], self._queue[BATCH:]

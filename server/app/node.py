@@ -19,6 +19,7 @@ from server.app.errors import StorageUnavailable
 from server.app.secret_files import local_secret
 from server.app.store import Store, connect
 from server.app.timeutil import utcnow
+from server.app.user_records import UserRecords
 from server.auth.credentials import ApiKeys, Tokens
 from server.auth.ratelimit import RateLimits
 from server.dashboard.service import Dashboard
@@ -69,6 +70,7 @@ class Node:
     protocol: ConnectionProtocol | None = None
     # The key of user-id pseudonyms in log lines; None writes user ids as they are.
     log_key: bytes | None = None
+    users: UserRecords | None = None
 
     @classmethod
     def build(cls, settings: Settings, uri: str, watch: bool = True) -> Node:
@@ -83,6 +85,7 @@ class Node:
             settings.max_connections,
             settings.max_connections_per_user,
             settings.replay_limit,
+            settings.replay_window_bytes,
         )
         bus = Bus(store, hub, node_id, watch=watch, poll=settings.bus_poll_seconds)
         # Direct delivery hands this node's own writes to its hub at once; without it they
@@ -121,8 +124,9 @@ class Node:
         )
         notifications.critical_ack = timedelta(seconds=settings.critical_ack_seconds)
         limits = RateLimits(settings)
+        users = UserRecords(store)
         protocol = ConnectionProtocol(
-            hub, notifications, store, tokens, audit, limits, settings.storage_timeout
+            hub, notifications, store, tokens, audit, limits, settings.storage_timeout, users
         )
         return cls(
             settings,
@@ -140,6 +144,7 @@ class Node:
             cluster=cluster,
             limits=limits,
             protocol=protocol,
+            users=users,
             log_key=None if settings.log_user_ids else logs.pseudonym_key(token_secret(settings)),
         )
 
@@ -147,7 +152,10 @@ class Node:
         """Create indexes, find the feed's highest seq, start the writer and the bus."""
         await self._create_indexes()
         self.audit.start()
+        self.users.start()
         self.hub.seq = await self.store.high_seq()
+        self.hub.recent.reset(self.hub.seq)  # complete from here: it sees all that follows
+        self.hub.recent.watch_gauges()
         self.sequencer.start()
         if self.scheduler is not None:
             await self.scheduler.store.create_indexes()
@@ -208,6 +216,7 @@ class Node:
             await self.scheduler.stop()
         await self.sequencer.stop()
         await self.audit.stop()
+        await self.users.stop()
         await self.client.close()
 
 

@@ -150,6 +150,8 @@ class Bus:
                 METRICS.bus_restarts.labels("error").inc()
             finally:
                 self._streams.pop(collection, None)
+                if collection == "events":  # reads elsewhere may go unheard meanwhile
+                    self.hub.recent.forget_unread()
             if self._stopping:
                 return
             if broke_at is None and not first:
@@ -212,6 +214,8 @@ class Bus:
             since = page[-1]["at"]  # $gte: the boundary's events come again, and are skipped
 
     def _log_gap(self, collection: str, broke_at: float | None, caught: int) -> None:
+        if collection == "events":
+            self.hub.recent.forget_unread()
         METRICS.bus_gaps.labels(collection).inc()
         METRICS.bus_gap_items.labels(collection).inc(caught)
         if broke_at is None:
@@ -248,6 +252,7 @@ class Bus:
         A ``late`` event (caught up after a break) skips sockets that connected after it
         was published: their welcome already carried a newer unread count.
         """
+        self._note_change(event)
         if event.get("kind") != "read":
             return
         try:
@@ -267,6 +272,15 @@ class Bus:
             if sub.connected_at <= event["at"]:
                 for data in frames:
                     sub.conn.send_frame(data)
+
+    def _note_change(self, event: dict) -> None:
+        """Tell the recent window which notifications changed since they were sent."""
+        try:
+            user_id = str(event["user_id"])
+            ids = [str(i) for i in event["ids"]] if "ids" in event else [str(event["id"])]
+        except (KeyError, TypeError):
+            return
+        self.hub.recent.changed(user_id, ids, read=event.get("kind") == "read")
 
 
 def _cursor_of(stream: object) -> object:

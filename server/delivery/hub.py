@@ -23,6 +23,7 @@ from server.app.metrics import METRICS
 from server.app.store import is_hidden
 from server.app.timeutil import utcnow
 from server.delivery import wire
+from server.delivery.recent import RecentFeed
 from server.feed.render import public
 
 log = logging.getLogger("notify.hub")
@@ -129,6 +130,7 @@ class Hub:
         max_connections: int,
         max_per_user: int,
         replay_limit: int,
+        window_bytes: int = 64 << 20,
     ):
         self._fetch_range = fetch_range
         self.max_connections = max_connections
@@ -149,6 +151,8 @@ class Hub:
         self.withheld: dict[str, int] = {}
         # Called with a user id whenever that user's sockets on this node change (presence).
         self.listeners: list[Callable[[str], None]] = []
+        # What was dispatched lately, for replays and unread counts without a database read.
+        self.recent = RecentFeed(window_bytes, replay_limit + 1)
 
     # ---- membership ----------------------------------------------------------------------
 
@@ -265,13 +269,24 @@ class Hub:
     def _fanout(self, doc: dict) -> None:
         if doc.get("audience") is not None:
             self.broadcasts_seen += 1
-        if (self.withheld and doc["_id"] in self.withheld) or is_hidden(doc):
-            return  # part of a write that failed: the caller got an error, no one gets it
+        if self.withheld:
+            # A failed write's leftovers: the window may hold some that the stream brought
+            # before the failure was known, so it starts again from here.
+            self.recent.reset(doc["seq"])
+            if doc["_id"] in self.withheld:
+                return  # the caller got an error, no one gets it
+        if is_hidden(doc):
+            return
         targets = self._targets(doc)
+        personal = doc.get("user_id") is not None
         if not targets:
+            if personal:
+                self.recent.record(doc, notification_frame(doc))
             return
         started = time.perf_counter()
         data = notification_frame(doc)
+        if personal:
+            self.recent.record(doc, data)
         seq, limit = doc["seq"], self.hold_limit
         handed = 0
         for sub in tuple(targets):
