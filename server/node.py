@@ -13,6 +13,7 @@ import pymongo
 from pymongo import AsyncMongoClient
 from pymongo.errors import ConnectionFailure, OperationFailure
 
+from server import logs
 from server.audit import Audit
 from server.auth import ApiKeys, Tokens
 from server.bus import Bus
@@ -63,6 +64,8 @@ class Node:
     cluster: ClusterPresence | None = None
     dashboard: Dashboard | None = None
     limits: RateLimits | None = None
+    # The key of user-id pseudonyms in log lines; None writes user ids as they are.
+    log_key: bytes | None = None
 
     @classmethod
     def build(cls, settings: Settings, uri: str, watch: bool = True) -> Node:
@@ -129,6 +132,7 @@ class Node:
             scheduler=scheduler,
             cluster=cluster,
             limits=RateLimits(settings),
+            log_key=None if settings.log_user_ids else logs.pseudonym_key(token_secret(settings)),
         )
 
     async def start(self) -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Api, serve_node
+from tests.support import Api, serve_node, wait_for
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow]  # each test starts the client process
 
 SOURCE = Path(__file__).resolve().parent.parent / "clients" / "python" / "src"
 
@@ -84,12 +84,12 @@ async def test_listen_prints_frames_acks_and_exits_after_count(node, api):
         status, _, err = await cli.finish()
         assert status == 0, err
         assert [n["id"] for n in cli.notifications()] == [m["id"] for m in made]
-        for _ in range(100):  # acked: the service records the delivery
+
+        async def all_delivered() -> bool:  # acked: the service records the delivery
             feed = await api.get("/v1/users/p-1/notifications")
-            if all(item["delivered_at"] for item in feed["items"]):
-                break
-            await asyncio.sleep(0.05)
-        assert all(item["delivered_at"] for item in feed["items"])
+            return all(item["delivered_at"] for item in feed["items"])
+
+        await wait_for(all_delivered, what="every delivery recorded")
         assert token not in err and "connecting to" in err
     finally:
         cli.kill()
@@ -100,10 +100,11 @@ async def test_listen_prints_one_readable_line_per_notification(node, api):
     try:
         line = await asyncio.wait_for(cli.proc.stderr.readline(), 10)
         assert b"connecting to" in line
-        for _ in range(200):
-            if (await api.get("/v1/presence", query={"user_ids": "p-1"}))["p-1"]["online"]:
-                break
-            await asyncio.sleep(0.05)
+
+        async def online() -> bool:
+            return (await api.get("/v1/presence", query={"user_ids": "p-1"}))["p-1"]["online"]
+
+        await wait_for(online, what="the listener connected")
         made = await api.notify("p-1", "Lab ready", priority="high")
         status, out, err = await cli.finish()
         assert status == 0, err

@@ -23,7 +23,7 @@ import pytest
 import pytest_asyncio
 
 from server.embedded import EmbeddedMongo, free_port
-from tests.support import TOKEN_SECRET, Socket, serve_node
+from tests.support import TOKEN_SECRET, Socket, serve_node, wait_for
 
 SOURCE = Path(__file__).resolve().parent.parent / "clients" / "python" / "src"
 sys.path.insert(0, str(SOURCE))
@@ -209,6 +209,7 @@ async def test_bad_key_is_401_and_missing_scope_is_403(node, flavor):
     assert "notify" in denied.value.message
 
 
+@pytest.mark.slow
 async def test_storage_gone_is_503_and_the_service_recovers(settings, tmp_path):
     database = EmbeddedMongo(tmp_path / "db")
     uri = database.start()
@@ -260,6 +261,7 @@ async def test_local_mistakes_fail_before_any_request(flavor):
     assert "nk_x" not in repr(api.api)
 
 
+@pytest.mark.slow
 async def test_the_package_needs_only_httpx_and_websockets_and_parses_as_python_3_9():
     code = (
         "import sys, clinic_notify, clinic_notify.cli; "
@@ -277,6 +279,7 @@ async def test_the_package_needs_only_httpx_and_websockets_and_parses_as_python_
     assert (SOURCE / "clinic_notify" / "py.typed").exists()
 
 
+@pytest.mark.slow
 async def test_429_is_retried_after_retry_after_and_stored_once(settings, mongo_uri, flavor):
     limited = await serve_node(settings.with_(rate_rest_key=1.0, rate_rest_key_burst=1), mongo_uri)
     try:
@@ -357,6 +360,7 @@ async def test_a_write_keeps_its_idempotency_key_across_retries(flavor):
         flaky.server.stop()
 
 
+@pytest.mark.slow
 async def test_listen_acks_and_resumes_with_since_across_a_restart(settings, mongo_uri):
     first = await serve_node(settings, mongo_uri)
     port = first.port
@@ -371,10 +375,11 @@ async def test_listen_acks_and_resumes_with_since_across_a_restart(settings, mon
     again = None
     try:
         receive = asyncio.ensure_future(listener.__anext__())
-        for _ in range(200):  # the listener is connected once presence says so
-            if (await api.presence(["p-1"]))["p-1"]["online"]:
-                break
-            await asyncio.sleep(0.05)
+
+        async def online() -> bool:
+            return (await api.presence(["p-1"]))["p-1"]["online"]
+
+        await wait_for(online, what="the listener connected")
         made = [await api.send_custom("p-1", "before")]
         got.append(await asyncio.wait_for(receive, 10))
         await first.stop()
@@ -391,12 +396,12 @@ async def test_listen_acks_and_resumes_with_since_across_a_restart(settings, mon
         got.append(await asyncio.wait_for(listener.__anext__(), 10))
         assert [n["id"] for n in got] == [m["id"] for m in made]
         assert any(f"since={made[0]['cursor']}" in line for line in news)
-        for _ in range(100):  # each was acked: the service recorded the delivery
+
+        async def all_delivered() -> bool:  # each was acked: the service recorded it
             feed = await AsyncNotifyClient(again.url, key).feed("p-1")
-            if all(n["delivered_at"] for n in feed["items"]):
-                break
-            await asyncio.sleep(0.05)
-        assert all(n["delivered_at"] for n in feed["items"])
+            return all(n["delivered_at"] for n in feed["items"])
+
+        await wait_for(all_delivered, what="every delivery recorded")
         assert not any(token in line for line in news)
     finally:
         await listener.aclose()
