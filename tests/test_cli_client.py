@@ -219,7 +219,7 @@ async def test_listen_timeout_exits_1_and_unreachable_exits_1(node, api):
     )
     status, _, err = await cli.finish()
     assert status == 1 and "timed out" in err
-    from server.embedded import free_port
+    from server.ops.embedded import free_port
 
     cli = await Cli.start("stats", "--url", f"http://127.0.0.1:{free_port()}", key="nk_x")
     status, _, err = await cli.finish(timeout=30)

@@ -22,7 +22,7 @@ import jwt
 import pytest
 import pytest_asyncio
 
-from server.embedded import EmbeddedMongo, free_port
+from server.ops.embedded import EmbeddedMongo, free_port
 from tests.support import TOKEN_SECRET, Socket, serve_node, wait_for
 
 SOURCE = Path(__file__).resolve().parent.parent / "clients" / "python" / "src"
