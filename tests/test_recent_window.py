@@ -9,7 +9,7 @@ the node's own client), and drive the window and the hub directly for the proof'
 from __future__ import annotations
 
 import pytest
-from pymongo import monitoring
+from pymongo import MongoClient, monitoring
 
 from server.delivery.hub import Hub, notification_frame
 from server.delivery.recent import RecentFeed
@@ -226,3 +226,66 @@ async def test_the_hub_fills_a_gap_into_the_window_and_a_failed_write_resets_it(
     hub.withheld.clear()
     await hub.deliver([stored[5]])
     assert [seq for seq, _ in hub.recent.replay("p-1", 4, 0.0)] == [5]
+
+
+# ---- the writes a connect makes ----------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_last_seen_records_are_written_in_batches_and_at_shutdown(settings, mongo_uri):
+    running = await serve_node(settings, mongo_uri)
+    users = running.node.store.users
+    try:
+        key, _ = await running.node.api_keys.create("t", ["tokens", "read"])
+        api = Api(running.url, key)
+        socks = [await Socket.open(running.url, await api.token(f"p-{n}")) for n in range(3)]
+        for sock in socks:
+            await sock.expect("welcome")  # none waited for its record
+
+        async def written() -> bool:
+            found = await users.find({}).to_list()
+            return sorted(r["_id"] for r in found if r["roles"] == ["patient"]) == [
+                "p-0",
+                "p-1",
+                "p-2",
+            ]
+
+        await wait_for(written, what="the three last-seen records")
+        running.node.users.delay = 3600.0  # from now on only a shutdown writes them
+        late = await Socket.open(running.url, await api.token("p-late", ["nurse"]))
+        await late.expect("welcome")
+    finally:
+        await running.stop()
+    with MongoClient(mongo_uri) as client:
+        record = client[settings.mongodb_db].users.find_one({"_id": "p-late"})
+    assert record is not None and record["roles"] == ["nurse"]
+
+
+# ---- a node's own inserts do not come back on its stream -------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_stream_can_leave_out_one_origins_inserts(mongo_uri, db_name):
+    from server.app.store import Store, connect
+
+    client = connect(mongo_uri, 5000)
+    store = Store(client, db_name)
+    try:
+        stream = await store.watch("notifications", None, skip_origin="me")
+        async with stream:
+            await store.notifications.insert_many(
+                [{"_id": "mine", "origin": "me"}, {"_id": "theirs", "origin": "other"}]
+            )
+            await store.notifications.insert_one({"_id": "last", "origin": "other"})
+            seen: list[str] = []
+
+            async def both_seen() -> bool:
+                change = await stream.try_next()
+                if change is not None:
+                    seen.append(change["fullDocument"]["_id"])
+                return len(seen) >= 2
+
+            await wait_for(both_seen, what="the other origin's two inserts")
+        assert seen == ["theirs", "last"]
+    finally:
+        await client.close()

@@ -87,7 +87,14 @@ class Node:
             settings.replay_limit,
             settings.replay_window_bytes,
         )
-        bus = Bus(store, hub, node_id, watch=watch, poll=settings.bus_poll_seconds)
+        bus = Bus(
+            store,
+            hub,
+            node_id,
+            watch=watch,
+            poll=settings.bus_poll_seconds,
+            own_notifications=not settings.direct_delivery,
+        )
         # Direct delivery hands this node's own writes to its hub at once; without it they
         # reach the hub like other nodes' writes, through the change stream (README scaling).
         sequencer = Sequencer(

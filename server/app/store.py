@@ -332,9 +332,15 @@ class Store:
         cursor = self.events.find({"at": {"$gte": since}}, sort=[("at", ASCENDING)], limit=limit)
         return await cursor.to_list()
 
-    def watch(self, collection: str, resume_after: dict | None) -> Any:
-        """A change stream of inserts into one collection (collection-level: see DESIGN)."""
-        pipeline = [{"$match": {"operationType": "insert"}}]
+    def watch(
+        self, collection: str, resume_after: dict | None, skip_origin: str | None = None
+    ) -> Any:
+        """A change stream of inserts into one collection (collection-level: see DESIGN);
+        ``skip_origin``: not the inserts whose ``origin`` is that (a node's own echoes)."""
+        match: dict[str, Any] = {"operationType": "insert"}
+        if skip_origin is not None:
+            match["fullDocument.origin"] = {"$ne": skip_origin}
+        pipeline = [{"$match": match}]
         return self.db[collection].watch(
             pipeline, resume_after=resume_after, max_await_time_ms=1000
         )

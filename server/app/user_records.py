@@ -40,6 +40,7 @@ class UserRecords:
         self._remembered: dict[str, tuple[tuple[str, ...], float]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._stopping = False
 
     def note(self, user_id: str, roles: tuple[str, ...], at: datetime) -> None:
         """Queue a user's roles as seen now; returns at once."""
@@ -60,16 +61,20 @@ class UserRecords:
         self._task = asyncio.create_task(self._run(), name="user-records")
 
     async def stop(self) -> None:
-        """Write what is queued (briefly), then stop the writer."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        """Stop the writer, then write what is still queued (briefly)."""
+        self._stopping = True
+        self._wake.set()
+        # The driver can swallow a cancellation that lands mid-write and the task then goes
+        # on: it ends by itself at the flag, and is cancelled again until it has ended.
+        task, self._task = self._task, None
+        while task is not None and not task.done():
+            await asyncio.wait([task], timeout=0.5)
+            task.cancel()
         with contextlib.suppress(PyMongoError, TimeoutError):
             await asyncio.wait_for(self.flush(), 2.0)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await self._wake.wait()
             await asyncio.sleep(self.delay)  # let a wave of connects gather into one write
             self._wake.clear()
@@ -98,7 +103,7 @@ class UserRecords:
         try:
             for start in range(0, len(ops), WRITE_CHUNK):
                 await self.store.users.bulk_write(ops[start : start + WRITE_CHUNK], ordered=False)
-        except PyMongoError:
+        except BaseException:  # storage failed, or the writer was cancelled mid-write
             for user_id, record in batch.items():  # newer notes win over the failed ones
                 self._queue.setdefault(user_id, record)
             raise

@@ -61,8 +61,18 @@ class Bus:
     """This node's view of what every node writes."""
 
     def __init__(
-        self, store: Store, hub: Hub, node_id: str, watch: bool = True, poll: float = 0.025
+        self,
+        store: Store,
+        hub: Hub,
+        node_id: str,
+        watch: bool = True,
+        poll: float = 0.025,
+        own_notifications: bool = True,
     ):
+        # ``own_notifications`` False: this node's own inserts reach its hub directly (the
+        # sequencer's direct delivery), so its stream leaves them out. Its own events are
+        # always left out: ``publish_event`` delivers them here first.
+        self.own_notifications = own_notifications
         self.store = store
         self.hub = hub
         self.node_id = node_id
@@ -125,7 +135,10 @@ class Bus:
         delay, first, broke_at, refused = 0.1, True, None, 0
         while not self._stopping:
             try:
-                async with await self.store.watch(collection, self.tokens[collection]) as stream:
+                own = collection == "notifications" and self.own_notifications
+                skip = None if own else self.node_id
+                watch = self.store.watch(collection, self.tokens[collection], skip_origin=skip)
+                async with await watch as stream:
                     self._streams[collection] = stream
                     caught = await self._catch_up(collection, first)
                     if not first:

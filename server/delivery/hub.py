@@ -86,6 +86,7 @@ class Subscription:
         replayed: Iterable[tuple[int, bytes]],
         marker: bytes | None = None,
         after: int = 0,
+        first: bytes = b"",
     ) -> None:
         """Send the replay and ``marker``, then what arrived meanwhile, then deliver live.
 
@@ -94,17 +95,20 @@ class Subscription:
         replay's queries ran), and sent after it, it would be dropped as already seen.
         Nothing at or below ``after`` (the client's cursor) is sent, also when this node
         dispatches it only now: its change stream can lag behind the node the client left.
+        ``first`` (the welcome) goes out before all of it, in the same write.
         """
         held, self.pending = self.pending or [], None
         self.last_seq = max(self.last_seq, after)
         if self.overflowed:
             # More arrived during the replay than a socket may hold: the client resumes
             # from its last cursor instead, so nothing is lost and memory stays bounded.
+            if first:
+                self.conn.send_frame(first)
             self.conn.close(1013, "too much arrived while replaying; reconnect with since")
             return
         replayed = list(replayed)
         upto = max((seq for seq, _ in replayed), default=0)
-        frames: list[bytes] = []
+        frames: list[bytes] = [first] if first else []
         for seq, data in sorted([*replayed, *held], key=lambda item: item[0]):
             if marker is not None and seq > upto:
                 frames.append(marker)
@@ -290,7 +294,12 @@ class Hub:
         seq, limit = doc["seq"], self.hold_limit
         handed = 0
         for sub in tuple(targets):
-            handed += sub.offer(seq, data, limit)
+            # ``offer``'s common case inline: one call per socket fewer in a 10,000 loop.
+            if sub.pending is None and seq > sub.last_seq:
+                sub.last_seq = seq
+                handed += sub.conn.send_frame(data)
+            else:
+                handed += sub.offer(seq, data, limit)
         METRICS.fanout_seconds.observe(time.perf_counter() - started)
         if handed:
             METRICS.delivered.inc(handed)

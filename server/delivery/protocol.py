@@ -114,12 +114,12 @@ class ConnectionProtocol:
             "recovered": replay.recovered if replay else True,
             "cursor": str(cursor),
         }
-        peer.send_frame(wire.frame(welcome))
+        first = wire.frame(welcome)  # written together with what follows it
         if replay is None:
-            return sub.go_live(())
+            return sub.go_live((), first=first)
         replayed = replay.frames
         done = wire.frame({"type": "replay_done", "cursor": str(replay.cursor)})
-        sub.go_live(replayed, done, after=replay.since)
+        sub.go_live(replayed, done, after=replay.since, first=first)
 
     def _expire_with_token(self, peer: Peer, principal: Principal) -> None:
         """Close with 1008 when the token expires (the contract's rule for sockets)."""
