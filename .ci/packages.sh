@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=$ROOT/.venv/bin/python
-PORT=$($PY -c 'from server.embedded import free_port; print(free_port())')
+PORT=$($PY -c 'from server.ops.embedded import free_port; print(free_port())')
 WORK=$(mktemp -d /tmp/packages.XXXXXX)
 BASE="http://127.0.0.1:$PORT"
 SERVICE=""
