@@ -15,6 +15,7 @@ from pymongo.errors import ConnectionFailure, OperationFailure
 
 from server.app.audit import Audit
 from server.app.errors import StorageUnavailable
+from server.app.idempotency import Idempotency
 from server.app.secret_files import local_secret
 from server.app.store import Store, connect
 from server.app.timeutil import utcnow
@@ -29,6 +30,7 @@ from server.feed.notifications import Notifications
 from server.feed.scheduler import ScheduledStore, Scheduler
 from server.feed.sequencer import Sequencer
 from server.feed.timeline import Timeline
+from server.webhooks.service import Webhooks
 from settings import Settings
 
 log = logging.getLogger("notify.node")
@@ -66,6 +68,8 @@ class Node:
     dashboard: Dashboard | None = None
     limits: RateLimits | None = None
     protocol: ConnectionProtocol | None = None
+    webhooks: Webhooks | None = None
+    idempotency: Idempotency | None = None
 
     @classmethod
     def build(cls, settings: Settings, uri: str, watch: bool = True) -> Node:
@@ -122,6 +126,7 @@ class Node:
         protocol = ConnectionProtocol(
             hub, notifications, store, tokens, audit, limits, settings.storage_timeout
         )
+        webhooks = Webhooks(store.db, store, notifications.timeline, scheduler, settings)
         return cls(
             settings,
             client,
@@ -138,6 +143,8 @@ class Node:
             cluster=cluster,
             limits=limits,
             protocol=protocol,
+            webhooks=webhooks,
+            idempotency=Idempotency(store.db, settings.idempotency_in_flight_seconds),
         )
 
     async def start(self) -> None:
@@ -162,6 +169,8 @@ class Node:
                 await self.audit.create_indexes()
                 await self.cluster.create_indexes()
                 await self.notifications.timeline.create_indexes()
+                await self.webhooks.create_indexes()
+                await self.idempotency.create_indexes()
                 return
             except (ConnectionFailure, OperationFailure) as exc:
                 code = getattr(exc, "code", None)
@@ -194,6 +203,7 @@ class Node:
         await self.bus.stop()
         if self.scheduler is not None:
             await self.scheduler.stop()
+        await self.webhooks.stop()  # after the queue: it claims no attempt from now on
         await self.sequencer.stop()
         await self.audit.stop()
         await self.client.close()
