@@ -18,6 +18,7 @@ from handlers.dashboard import admin as dashboard_admin
 from handlers.dashboard import base as dashboard_base
 from handlers.dashboard import pages as dashboard
 from handlers.dashboard import socket as dashboard_ws
+from handlers.dashboard import webhooks as dashboard_webhooks
 from handlers.static import StaticFiles
 from server.app.node import Node
 
@@ -49,6 +50,7 @@ def make_app(node: Node, **extra) -> web.Application:
     handlers = [*health.default_handlers, *api.default_handlers, *ws.default_handlers]
     handlers += openapi.default_handlers + webhooks.default_handlers
     handlers += dashboard.default_handlers + dashboard_admin.default_handlers
+    handlers += dashboard_webhooks.default_handlers
     handlers += dashboard_ws.default_handlers + dashboard.not_found_handlers
     handlers.append((r".*", base.NotFoundHandler))
     return web.Application(

@@ -378,3 +378,43 @@ async def test_a_webhook_made_on_one_node_is_heard_on_another(settings, mongo_ur
     finally:
         await second.stop()
         await first.stop()
+
+
+# ---- the dashboard --------------------------------------------------------------------------
+
+
+async def test_the_dashboard_lists_failed_deliveries_and_retries_them(wnode, wapi, receiver):
+    from tests.test_dashboard import ADMIN_PASSWORD, FAST_HASHER, NURSE_PASSWORD, Browser
+
+    staff = wnode.node.dashboard.staff
+    staff.hasher = FAST_HASHER
+    await staff.create("boss", ADMIN_PASSWORD, "admin", "test")
+    await staff.create("nurse", NURSE_PASSWORD, "staff", "test")
+    hook = await register(wapi, receiver, "page", ["notification.read"], fail_next=100)
+    hook["description"] = None
+    await read_one(wapi)
+    failed = (await until(lambda: _with_status(deliveries(wapi, hook), "failed")))[0]
+    admin = Browser(wnode.url)
+    await admin.login("boss", ADMIN_PASSWORD)
+    page = (await admin.get("/dashboard/webhooks")).body.decode()
+    assert receiver.url("page") in page and failed["webhook_id"] in page
+    action = f"/dashboard/webhooks/{hook['id']}/deliveries/{failed['id']}/retry"
+    assert f'action="{action}"' in page and 'name="_xsrf"' in page
+    assert hook["secret"] not in page
+    assert (await admin.post(action, xsrf=False)).code == 403  # no XSRF token, no retry
+    nurse = Browser(wnode.url)
+    await nurse.login("nurse", NURSE_PASSWORD)
+    assert (await nurse.post(action)).code == 403  # admins only
+    route = receiver.routes["page"]
+    assert len(route.requests) == 4
+    route.fail_next = 0
+    resp = await admin.post(action)
+    assert resp.code == 302 and resp.headers["Location"] == "/dashboard/webhooks"
+    done = await until(lambda: _with_status(deliveries(wapi, hook), "succeeded"))
+    assert done[0]["attempts"] == 5 and route.ok_ids() == [failed["webhook_id"]]
+    page = (await admin.get("/dashboard/webhooks")).body.decode()
+    assert "The delivery is being sent again." in page and "No failed deliveries." in page
+    entries = await wnode.node.audit.collection.find({"action": "webhook.retry"}).to_list()
+    assert [e["target"] for e in entries] == [failed["id"]]
+    again = await admin.post(action)  # no longer failed: said so, nothing sent
+    assert again.code == 302 and len(route.requests) == 5
