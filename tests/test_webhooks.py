@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -21,6 +22,7 @@ from tests.support import Api, Socket, serve_node
 from tests.webhook_receiver import Receiver, until
 
 pytestmark = pytest.mark.asyncio
+ROOT = Path(__file__).resolve().parent.parent
 
 FAST = {
     "outbound_allow_private": True,
@@ -193,6 +195,23 @@ async def test_an_event_arrives_signed_without_health_information(wapi, receiver
 async def _with_status(pending, status: str) -> list[dict] | None:
     items = await pending
     return items if items and all(d["status"] == status for d in items) else None
+
+
+async def test_the_documented_plain_hmac_check_accepts_a_real_request(wapi, receiver):
+    """docs/webhooks.md's standard-library example, run on what the service really sent."""
+    doc = (ROOT / "docs" / "webhooks.md").read_text()
+    example = next(b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "def verify" in b)
+    space: dict = {}
+    exec(compile(example, "docs/webhooks.md", "exec"), space)  # noqa: S102 - our own docs
+    hook = await register(wapi, receiver, "doc", ["notification.read"])
+    await read_one(wapi)
+    route = receiver.routes["doc"]
+    await until(lambda: route.ok_ids())
+    got = route.requests[0]
+    assert space["verify"](hook["secret"], got.headers, got.raw)
+    assert not space["verify"](hook["secret"], got.headers, got.raw + b" ")
+    other = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    assert not space["verify"](other, got.headers, got.raw)
 
 
 async def test_only_subscribed_types_and_the_first_delivered_are_sent(wnode, wapi, receiver):

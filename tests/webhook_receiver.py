@@ -31,6 +31,8 @@ class Received:
     timestamp: str
     body: Any
     verified: bool
+    raw: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
     answered: int | None = None  # the status it answered; None while hanging
 
 
@@ -82,6 +84,8 @@ class _Handler(web.RequestHandler):
             self.request.headers.get("webhook-timestamp", ""),
             json.loads(text),
             verified,
+            self.request.body,
+            {k.lower(): v for k, v in headers.items()},
         )
         route.requests.append(seen)
         route.in_flight += 1

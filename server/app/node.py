@@ -156,6 +156,7 @@ class Node:
         if self.scheduler is not None:
             await self.scheduler.store.create_indexes()
             self.scheduler.start()
+        self.webhooks.start()
         self.bus.start()
         await self.cluster.start(self.started_at)
         self.dashboard = Dashboard(self)

@@ -40,6 +40,9 @@ log = logging.getLogger("notify.webhooks")
 
 KIND = "webhook"
 BUSY_RETRY = timedelta(seconds=1)  # an endpoint with every slot taken: look again soon
+EVENT_WORKERS = 4  # events turned into deliveries at once, off the request that made them
+EVENT_BACKLOG = 10_000  # events waiting for a worker; past it, the recording request waits
+DRAIN_SECONDS = 5.0  # at shutdown, how long the waiting events may take to be stored
 
 
 class Webhooks:
@@ -69,8 +72,17 @@ class Webhooks:
         lease = settings.schedule_lease_seconds + settings.webhook_timeout_seconds
         self.lease_ms = int(lease * 1000)
         self._sending: dict[asyncio.Task, dict] = {}
+        self._events: asyncio.Queue[tuple[dict, str, list[dict]]] = asyncio.Queue(EVENT_BACKLOG)
+        self._workers: list[asyncio.Task] = []
         timeline.listeners.append(self.on_event)
         scheduler.register(KIND, self._claimed)
+
+    def start(self) -> None:
+        """Start the workers that turn events into deliveries."""
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"webhook-events-{n}")
+            for n in range(EVENT_WORKERS)
+        ]
 
     async def create_indexes(self) -> None:
         """The endpoints' and deliveries' indexes."""
@@ -81,6 +93,11 @@ class Webhooks:
         """Stop sending; attempts cut short are handed back for any node to send at once."""
         if self.on_event in self.timeline.listeners:
             self.timeline.listeners.remove(self.on_event)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._events.join(), DRAIN_SECONDS)
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
         sending, self._sending = self._sending, {}
         for task in sending:
             task.cancel()
@@ -136,13 +153,30 @@ class Webhooks:
     # ---- events ------------------------------------------------------------------------
 
     async def on_event(self, entry: dict) -> None:
-        """A stored timeline event: a delivery for each endpoint that wants its type."""
+        """A stored timeline event: queued for the workers when an endpoint wants its type.
+
+        Called on the path of the request that recorded the event, so it only looks in the
+        cached endpoint list; the reads and writes happen in ``_work``, off that path.
+        """
         kind = event_type(entry)
         if kind is None:
             return
         wanting = await self.endpoints.wanting(kind)
-        if not wanting:
-            return
+        if wanting:
+            await self._events.put((entry, kind, wanting))
+
+    async def _work(self) -> None:
+        while True:
+            entry, kind, wanting = await self._events.get()
+            try:
+                await self._store_event(entry, kind, wanting)
+            except Exception as exc:  # one event's failure must not stop the worker
+                log.warning("webhook event %s not stored: %s", kind, type(exc).__name__)
+            finally:
+                self._events.task_done()
+
+    async def _store_event(self, entry: dict, kind: str, wanting: list[dict]) -> None:
+        """Read the notification once, build the body once, a delivery per endpoint."""
         nid = entry["notification_id"]
         doc = await self.store.get(nid)
         if doc is None:
