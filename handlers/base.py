@@ -33,6 +33,8 @@ from server.auth import origins
 from server.auth.credentials import Principal, looks_like_token
 
 log = logging.getLogger("notify.api")
+# A route's id parameter (a user id, a notification id): what the schemas accept.
+ID = f"({schemas.ID_CHARS})"
 # Built once: json.dumps with an argument builds a new encoder on every call.
 _to_json = json.JSONEncoder(ensure_ascii=False).encode
 
@@ -77,6 +79,24 @@ class BaseHandler(web.RequestHandler):
 
     def set_default_headers(self) -> None:
         self.set_header("X-Request-Id", self.request_id)
+
+    @property
+    def log_path(self) -> str:
+        """This request's path as log lines show it (a pseudonym for a user id)."""
+        return logs.loggable_path(self.request.path, self.services.log_key)
+
+    def _request_summary(self) -> str:
+        # Tornado's own log lines about this request (errors): the path without its query
+        # (a token) and with the user id's pseudonym.
+        return f"{self.request.method} {self.log_path} ({self.request.remote_ip})"
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, web.HTTPError):
+            return super().log_exception(typ, value, tb)
+        # Tornado's version adds repr(request), whose URI holds the query and the user id.
+        web.app_log.error(
+            "Uncaught exception %s", self._request_summary(), exc_info=(typ, value, tb)
+        )
 
     async def prepare(self) -> None:
         logs.REQUEST_ID.set(self.request_id)  # every line logged for this request carries it
@@ -289,7 +309,7 @@ class APIHandler(BaseHandler):
     def log_exception(self, typ, value, tb) -> None:
         if isinstance(value, StorageUnavailable | PyMongoError):
             METRICS.storage_errors.inc()
-            log.warning("storage unavailable on %s %s", self.request.method, self.request.path)
+            log.warning("storage unavailable on %s %s", self.request.method, self.log_path)
         elif not isinstance(value, ServiceError | web.HTTPError):
             super().log_exception(typ, value, tb)
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from handlers.base import APIHandler
+from handlers.base import ID, APIHandler
 from server.app import schemas
-
-ID = f"({schemas.ID_CHARS})"
 
 
 class WebhooksHandler(APIHandler):

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from tornado import web
 
+from handlers.base import ID
 from handlers.dashboard.base import PageHandler, admin_only
-from server.app import schemas
 from server.app.errors import Conflict
 
-ID = f"({schemas.ID_CHARS})"
 FAILED_SHOWN = 50
 
 

@@ -13,6 +13,7 @@ import pymongo
 from pymongo import AsyncMongoClient
 from pymongo.errors import ConnectionFailure, OperationFailure
 
+from server.app import logs
 from server.app.audit import Audit
 from server.app.errors import StorageUnavailable
 from server.app.idempotency import Idempotency
@@ -70,6 +71,8 @@ class Node:
     protocol: ConnectionProtocol | None = None
     webhooks: Webhooks | None = None
     idempotency: Idempotency | None = None
+    # The key of user-id pseudonyms in log lines; None writes user ids as they are.
+    log_key: bytes | None = None
 
     @classmethod
     def build(cls, settings: Settings, uri: str, watch: bool = True) -> Node:
@@ -101,7 +104,6 @@ class Node:
             bus.publish_event,
             node_id,
             settings.replay_limit,
-            settings.retention_days,
             Timeline(store.db, settings.retention_days),
         )
         tokens = Tokens(
@@ -145,10 +147,11 @@ class Node:
             protocol=protocol,
             webhooks=webhooks,
             idempotency=Idempotency(store.db, settings.idempotency_in_flight_seconds),
+            log_key=None if settings.log_user_ids else logs.pseudonym_key(token_secret(settings)),
         )
 
     async def start(self) -> None:
-        """Create indexes, find the feed's position, start the writer and the bus."""
+        """Create indexes, find the feed's highest seq, start the writer and the bus."""
         await self._create_indexes()
         self.audit.start()
         self.hub.seq = await self.store.high_seq()
@@ -159,7 +162,16 @@ class Node:
         self.webhooks.start()
         self.bus.start()
         await self.cluster.start(self.started_at)
-        self.dashboard = Dashboard(self)
+        self.dashboard = Dashboard(
+            self.settings,
+            self.store.db,
+            self.hub,
+            self.notifications,
+            self.audit,
+            self.limits,
+            self.stats,
+            self.presence,
+        )
         await self.dashboard.start()
 
     async def _create_indexes(self) -> None:

@@ -10,20 +10,23 @@ import csv
 import io
 import json
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from datetime import time as clock_time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from server.app.audit import page_key
+from pymongo.asynchronous.database import AsyncDatabase
+
+from server.app.audit import Audit, page_key
 from server.app.timeutil import iso, utcnow
 from server.auth.ratelimit import RateLimits
 from server.dashboard.activity import Activity, LiveFeed
 from server.dashboard.staff import StaffAccounts
 from server.dashboard.staff_store import StaffStore
+from server.delivery.hub import Hub
+from server.feed.notifications import Notifications
 from server.feed.render import public
-
-if TYPE_CHECKING:
-    from server.app.node import Node
+from settings import Settings
 
 HISTORY_PAGE = 50
 AUDIT_PAGE = 100
@@ -34,26 +37,38 @@ CRITICAL_EVERY = 5.0  # seconds the overview reuses its list of unacknowledged c
 class Dashboard:
     """One node's dashboard services."""
 
-    def __init__(self, node: Node):
-        settings = node.settings
-        self.node = node
-        self.store = StaffStore(node.store.db)
-        limits = getattr(node, "limits", None) or RateLimits(settings)
-        self.staff = StaffAccounts(self.store, node.audit, limits, settings.staff_session_hours)
-        self.activity = Activity(node)
-        self.live = LiveFeed(node, self.overview)
+    def __init__(
+        self,
+        settings: Settings,
+        db: AsyncDatabase,
+        hub: Hub,
+        notifications: Notifications,
+        audit: Audit,
+        limits: RateLimits,
+        stats: Callable[[], Awaitable[dict]],
+        presence: Callable[[list[str]], Awaitable[dict[str, dict]]],
+    ):
+        self.hub = hub
+        self.notifications = notifications
+        self.audit = audit
+        self.stats = stats  # the cluster's figures (every node's, from MongoDB)
+        self.presence = presence
+        self.store = StaffStore(db)
+        self.staff = StaffAccounts(self.store, audit, limits, settings.staff_session_hours)
+        self.activity = Activity(hub)
+        self.live = LiveFeed(hub, self.overview)
         self._critical: tuple[float, list[dict]] = (0.0, [])
 
     async def start(self) -> None:
         """Indexes, the sampler, and the hub listener that keeps the connection list live."""
         await self.store.create_indexes()
         self.activity.start()
-        self.node.hub.listeners.append(self.live.observe)
+        self.hub.listeners.append(self.live.observe)
 
     async def stop(self) -> None:
         """Stop pushing and sampling."""
-        if self.live.observe in self.node.hub.listeners:
-            self.node.hub.listeners.remove(self.live.observe)
+        if self.live.observe in self.hub.listeners:
+            self.hub.listeners.remove(self.live.observe)
         await self.live.stop()
         await self.activity.stop()
 
@@ -62,7 +77,7 @@ class Dashboard:
     async def overview(self) -> dict[str, Any]:
         """The overview's figures: connections, users, sent and delivered, the hour's chart."""
         now = self.activity.sample()
-        stats = await self.node.stats()
+        stats = await self.stats()
         return {
             "at": iso(utcnow()),
             "connections": stats["connected_clients"],
@@ -80,7 +95,7 @@ class Dashboard:
         """Critical notifications no device acknowledged in time (cached for a few seconds)."""
         fetched, items = self._critical
         if time.monotonic() - fetched > CRITICAL_EVERY:
-            found = await self.node.notifications.unacknowledged_critical(limit=50)
+            found = await self.notifications.unacknowledged_critical(limit=50)
             items = [
                 {k: d[k] for k in ("id", "user_id", "title", "created_at", "deliver_at")}
                 for d in found
@@ -111,7 +126,7 @@ class Dashboard:
 
     async def audit_page(self, query: dict[str, Any]) -> dict[str, Any]:
         """A page of the audit log, newest first."""
-        entries = await self.node.audit.recent(
+        entries = await self.audit.recent(
             AUDIT_PAGE + 1, query.get("before"), query.get("actor"), query.get("action")
         )
         more = len(entries) > AUDIT_PAGE
@@ -123,7 +138,7 @@ class Dashboard:
 
     async def audit_csv(self, query: dict[str, Any]) -> str:
         """The audit entries matching a filter as CSV (at most AUDIT_EXPORT_MAX, newest first)."""
-        entries = await self.node.audit.recent(
+        entries = await self.audit.recent(
             AUDIT_EXPORT_MAX, query.get("before"), query.get("actor"), query.get("action")
         )
         out = io.StringIO()
