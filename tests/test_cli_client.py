@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Api, serve_node
+from tests.support import WAIT, Api, serve_node
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]  # each test starts the client process
 
@@ -24,6 +24,7 @@ class Cli:
     def __init__(self, proc: asyncio.subprocess.Process):
         self.proc = proc
         self.frames: list[dict] = []
+        self.err: list[str] = []  # standard error lines read so far (``said``)
 
     @classmethod
     async def start(cls, *args: str, token: str | None = None, key: str | None = None) -> Cli:
@@ -38,7 +39,19 @@ class Cli:
         )  # fmt: skip
         return cls(proc)
 
-    async def frame(self, kind: str, timeout: float = 10.0) -> dict:
+    async def said(self, text: str, times: int = 1, timeout: float = WAIT) -> None:
+        """Read standard error until a line with ``text`` came ``times`` times."""
+
+        async def read() -> None:
+            while sum(text in line for line in self.err) < times:
+                line = await self.proc.stderr.readline()
+                if not line:
+                    raise AssertionError(f"exited before {text!r}: {''.join(self.err)}")
+                self.err.append(line.decode())
+
+        await asyncio.wait_for(read(), timeout)
+
+    async def frame(self, kind: str, timeout: float = WAIT) -> dict:
         """Read printed frames until one of this type."""
         while True:
             line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
@@ -48,12 +61,12 @@ class Cli:
             if self.frames[-1]["type"] == kind:
                 return self.frames[-1]
 
-    async def finish(self, timeout: float = 10.0) -> tuple[int, str, str]:
-        """Wait for the exit; returns (status, the rest of stdout, stderr)."""
+    async def finish(self, timeout: float = WAIT) -> tuple[int, str, str]:
+        """Wait for the exit; returns (status, the rest of stdout, all of stderr)."""
         out, err = await asyncio.wait_for(self.proc.communicate(), timeout)
         for line in out.decode().splitlines():
             self.frames.append(json.loads(line))
-        return self.proc.returncode, out.decode(), err.decode()
+        return self.proc.returncode, out.decode(), "".join(self.err) + err.decode()
 
     async def stderr(self) -> str:
         return (await self.proc.stderr.read()).decode()
@@ -102,7 +115,7 @@ async def test_resumes_with_since_across_a_restart(settings, mongo_uri):
             made += [await Api(other.url, key).notify("p-1", f"during {i}") for i in range(3)]
         finally:
             await other.stop()
-        await asyncio.sleep(0.5)  # a few refused reconnects
+        await cli.said("could not connect", times=2)  # a few refused reconnects
         again = await serve_node(settings.with_(port=port, node_id="again"), mongo_uri)
         await cli.frame("replay_done")
         made.append(await Api(again.url, key).notify("p-1", "after"))

@@ -26,7 +26,7 @@ from tornado.websocket import websocket_connect
 import run
 from server import cli
 from server.activity import Sample
-from tests.support import Api, Socket, serve_node
+from tests.support import Api, Socket, serve_node, wait_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -377,12 +377,19 @@ async def test_compose_refuses_a_form_with_an_unknown_field(node, nurse):
     assert await node.node.store.notifications.find_one({}) is None
 
 
+async def _online(node, wanted: dict[str, int]) -> bool:
+    """The cluster's presence shows each user with this many sockets."""
+    found = await node.node.presence(list(wanted))
+    return {u: found[u]["connections"] for u in wanted} == wanted
+
+
 async def test_compose_sends_to_a_user_and_tells_who_got_it(node, api, nurse):
     first = await Socket.open(node.url, await api.token("p-1"))
     second = await Socket.open(node.url, await api.token("p-1"))
     await first.expect("welcome")
     await second.expect("welcome")
-    await asyncio.sleep(0.3)  # presence is written a moment after a socket opens
+    # Presence is written a moment after a socket opens.
+    await wait_for(lambda: _online(node, {"p-1": 2}), what="presence of both sockets")
     resp = await nurse.post(
         "/dashboard/compose",
         compose_form(target="users", user_ids="p-1\np-2", title=SCRIPT, message="Hello"),
@@ -416,7 +423,8 @@ async def test_compose_broadcasts_to_a_role(node, api, nurse):
     page = text(resp)
     assert "as 1 broadcast" in page and "data-outcome-devices>1<" in page
     assert (await doctor.expect("notification"))["notification"]["title"] == "Rota"
-    await patient.nothing()
+    mine = await api.notify("p-9", "sentinel")  # the patient's next frame: no Rota before it
+    assert (await patient.expect("notification"))["notification"]["id"] == mine["id"]
     doctor.close()
     patient.close()
 

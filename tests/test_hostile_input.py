@@ -17,7 +17,7 @@ import pytest_asyncio
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from tests.support import Api, Socket, serve_node
+from tests.support import Api, Socket, serve_node, wait_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -139,11 +139,9 @@ async def ping_flood(node, api: Api, sockets: int, pings: int, burst: int = 100)
         sock.close()
 
     await asyncio.gather(*(one(f"flood-{i}") for i in range(sockets)))
-    for _ in range(100):  # the node has let go of every socket
-        if node.node.hub.stats()["connections"] == 0:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("sockets left in the hub after the flood")
+    await wait_for(
+        lambda: node.node.hub.stats()["connections"] == 0, what="the node letting go of sockets"
+    )
 
 
 @pytest.mark.slow
