@@ -429,6 +429,32 @@ async def test_compose_broadcasts_to_a_role(node, api, nurse):
     patient.close()
 
 
+async def test_compose_to_everyone_reaches_every_socket_and_tells_how_many(node, api, nurse):
+    people = [("p-1", ["patient"]), ("p-1", ["patient"]), ("d-1", ["doctor"]), ("x-1", [])]
+    socks = [await Socket.open(node.url, await api.token(u, roles)) for u, roles in people]
+    for sock in socks:
+        await sock.expect("welcome")
+    online = {"p-1": 2, "d-1": 1, "x-1": 1}
+    await wait_for(lambda: _online(node, online), what="presence of every socket")
+    resp = await nurse.post(
+        "/dashboard/compose",
+        compose_form(target="all", type="system_alert", title="Fire drill", message="At 10"),
+    )
+    assert resp.code == 200
+    page = text(resp)
+    assert "as 1 broadcast" in page
+    assert re.search(r"data-outcome-devices>4<.*data-outcome-users>3<", page, re.S), page
+    stored = await node.node.store.notifications.find({}).to_list()
+    assert [(d["audience"], d["title"]) for d in stored] == [("all", "Fire drill")]
+    for sock in socks:
+        frame = (await sock.expect("notification"))["notification"]
+        assert (frame["id"], frame["audience"]) == (stored[0]["_id"], "all")
+    entries = await node.node.audit.recent(action="broadcast.send")
+    assert [e["actor"] for e in entries] == ["staff:nurse"]
+    for sock in socks:
+        sock.close()
+
+
 async def test_compose_schedules_and_history_can_cancel(node, nurse):
     resp = await nurse.post(
         "/dashboard/compose",
