@@ -11,10 +11,9 @@ from marshmallow import Schema
 from pymongo.errors import PyMongoError
 from tornado import web
 
-from server import logs, origins, schemas
-from server.audit import actor_of
-from server.auth import Principal, looks_like_token
-from server.errors import (
+from server.app import logs, schemas
+from server.app.audit import actor_of
+from server.app.errors import (
     RETRY_AFTER_UNAVAILABLE,
     Forbidden,
     ServiceError,
@@ -22,10 +21,14 @@ from server.errors import (
     TooLarge,
     Unauthorized,
     ValidationFailed,
+    envelope,
+    retry_after,
 )
-from server.metrics import METRICS
-from server.node import Node
-from server.schemas import DuplicateKey, parse_json
+from server.app.metrics import METRICS
+from server.app.node import Node
+from server.app.schemas import DuplicateKey, parse_json
+from server.auth import origins
+from server.auth.credentials import Principal, looks_like_token
 
 log = logging.getLogger("notify.api")
 # Built once: json.dumps with an argument builds a new encoder on every call.
@@ -231,7 +234,7 @@ class APIHandler(BaseHandler):
             self.set_status(exc.status)
             code, message, fields = exc.code, exc.message, exc.fields
             if getattr(exc, "retry_after", None) is not None:
-                self.set_header("Retry-After", str(max(1, round(exc.retry_after))))
+                self.set_header("Retry-After", retry_after(exc.retry_after))
         elif isinstance(exc, PyMongoError):
             self.set_status(503)
             code, message = "storage_unavailable", "storage is unavailable; try again"
@@ -241,10 +244,7 @@ class APIHandler(BaseHandler):
         if status_code == 405:
             self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.set_header("Content-Type", "application/json; charset=UTF-8")
-        error: dict[str, Any] = {"code": code, "message": message or self._reason}
-        if fields:
-            error["fields"] = fields
-        self.finish(_to_json({"success": False, "error": error}))
+        self.finish(_to_json(envelope(code, message or self._reason, fields)))
 
     def on_finish(self) -> None:
         """Audit who read or changed a user's notifications, and every refusal (403).

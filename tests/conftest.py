@@ -26,7 +26,7 @@ import pytest_asyncio
 from hypothesis import settings as hypothesis_settings
 from pymongo import MongoClient
 
-from server.embedded import EmbeddedMongo
+from server.ops.embedded import EmbeddedMongo
 from tests.support import Api, serve_node, test_settings
 
 ALL_SCOPES = ["notify", "broadcast", "tokens", "read", "admin"]

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from server.auth import ApiKeys
-from server.embedded import EmbeddedMongo, free_port
-from server.metrics import METRICS
-from server.store import Store, connect
+from server.app.metrics import METRICS
+from server.app.store import Store, connect
+from server.auth.credentials import ApiKeys
+from server.ops.embedded import EmbeddedMongo, free_port
 from tests.conftest import ALL_SCOPES
 from tests.support import TOKEN_SECRET, WAIT, Api, ApiError, Socket, serve_node, wait_for
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import jwt
 import pytest
 
-from server.timeutil import iso
+from server.app.timeutil import iso
 from tests.support import TOKEN_SECRET, Api, Socket, serve_node, wait_for
 
 pytestmark = pytest.mark.asyncio

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from server.timeutil import as_datetime, iso, utcnow
+from server.app.timeutil import as_datetime, iso, utcnow
 from settings import Settings
 from tests.support import Api, Socket, serve_node, wait_for
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from server.schemas import PRIORITIES, TYPES
+from server.app.schemas import PRIORITIES, TYPES
 from tests.support import Socket
 
 # Reproducible (tests/conftest.py): derandomized by default; HYPOTHESIS_PROFILE=explore draws

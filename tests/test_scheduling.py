@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from server.timeutil import iso, millis, utcnow
+from server.app.timeutil import iso, millis, utcnow
 from tests.support import WAIT, Api, Socket, serve_node, wait_for
 
 pytestmark = pytest.mark.asyncio

@@ -19,9 +19,9 @@ import pytest
 from tornado.httpclient import HTTPClientError
 from tornado.websocket import websocket_connect
 
-from server import auth
-from server.errors import Conflict, NotFound, Unauthorized
-from server.timeutil import as_datetime, utcnow
+from server.app.errors import Conflict, NotFound, Unauthorized
+from server.app.timeutil import as_datetime, utcnow
+from server.auth import credentials as auth
 from tests.support import TOKEN_SECRET, Api, ApiError, wait_for
 
 pytestmark = [

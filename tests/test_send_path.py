@@ -14,10 +14,10 @@ import struct
 
 import pytest
 
-from handlers.ws import CLOSED, FULL, SENT, stream_send
-from server import wire
-from server.hub import Subscription
-from server.metrics import METRICS
+from handlers.socket import CLOSED, FULL, SENT, stream_send
+from server.app.metrics import METRICS
+from server.delivery import wire
+from server.delivery.hub import Subscription
 from tests.support import Api, Socket, serve_node, wait_for
 
 pytestmark = pytest.mark.asyncio

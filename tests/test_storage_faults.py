@@ -20,11 +20,11 @@ import pytest_asyncio
 from pymongo import ASCENDING, AsyncMongoClient, monitoring
 from tornado.httpclient import HTTPRequest
 
-from server.embedded import EmbeddedMongo, free_port
-from server.errors import StorageUnavailable
-from server.metrics import METRICS
-from server.store import is_hidden
-from server.timeutil import utcnow
+from server.app.errors import StorageUnavailable
+from server.app.metrics import METRICS
+from server.app.store import is_hidden
+from server.app.timeutil import utcnow
+from server.ops.embedded import EmbeddedMongo, free_port
 from tests.conftest import ALL_SCOPES
 from tests.support import WAIT, Api, Socket, serve_node, wait_for
 
