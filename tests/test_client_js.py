@@ -358,6 +358,16 @@ async def test_offline_pauses_reconnecting_until_online(node, api, browser):  # 
     await context.close()
 
 
+async def pump(src, dst, passing=lambda: True) -> None:
+    """Copy bytes from one stream to another; while ``passing()`` is false they vanish."""
+    with contextlib.suppress(ConnectionError):
+        while data := await src.read(65536):
+            if passing():  # silent: bytes vanish, nobody is told
+                dst.write(data)
+                await dst.drain()
+    dst.close()
+
+
 class Blackhole:
     """A TCP relay to a node that can go silent without closing: a dead connection."""
 
@@ -374,17 +384,9 @@ class Blackhole:
     async def _relay(self, reader, writer) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pump(src, dst))
+            task = asyncio.create_task(pump(src, dst, self.open.is_set))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
-
-    async def _pump(self, src, dst) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await src.read(65536):
-                if self.open.is_set():  # silent: bytes vanish, nobody is told
-                    dst.write(data)
-                    await dst.drain()
-        dst.close()
 
     async def stop(self) -> None:
         self.server.close()
@@ -485,3 +487,91 @@ async def test_a_portal_on_another_origin_uses_rest_when_that_origin_is_allowed(
     finally:
         await context.close()
         await allowing.stop()
+
+
+class WebSocketBlocker:
+    """A relay to a node that refuses every WebSocket upgrade, as some hospital proxies do,
+    and passes plain HTTP (the page, REST, the SSE stream) through."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.refused = 0
+        self.tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _relay(self, reader, writer) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            writer.close()
+            return
+        if b"upgrade: websocket" in head.lower():
+            self.refused += 1
+            writer.write(
+                b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            await writer.drain()
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        up_writer.write(head)
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(pump(src, dst))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def stop(self) -> None:
+        self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+
+
+async def test_behind_a_proxy_that_blocks_websockets_the_library_falls_back_to_sse(
+    node,
+    api,
+    browser,  # noqa: F811
+):
+    blocker = WebSocketBlocker(node.port)
+    port = await blocker.start()
+    context = await browser.new_context()
+    try:
+        await token_backend(context)
+        page = await open_client(context, f"http://127.0.0.1:{port}")
+        await wait_status(page, "open")
+        assert blocker.refused >= 1  # the socket was tried first, and refused
+        assert await page.evaluate("client.transport") == "sse"
+        [opened] = [e for e in await events(page, "status") if e["status"] == "open"]
+        assert opened["transport"] == "sse"
+        [sub] = node.node.hub.user_subscriptions("p-1")
+        assert sub.conn.transport == "sse"
+
+        made = await api.notify("p-1", "Lab ready")
+        [shown] = await wait_shown(page, 1)
+        assert shown["id"] == made["id"]
+        await tab_reads(page, made["id"])
+        assert (await api.get("/v1/users/p-1/unread-count"))["count"] == 0
+
+        # Away and back: the SSE stream resumes with since, like the socket.
+        await page.evaluate("client.close()")
+        missed = [await api.notify("p-1", f"missed {i}") for i in range(2)]
+        await page.evaluate("client.connect()")
+        shown = await wait_shown(page, 3)
+        assert [s["id"] for s in shown] == [made["id"]] + [m["id"] for m in missed]
+        sources = [e["source"] for e in await events(page, "notification")]
+        assert sources == ["live", "replay", "replay"]
+        assert await page.evaluate("client.transport") == "sse"
+        assert [e for e in await events(page, "error")] == []
+    finally:
+        await context.close()
+        await blocker.stop()
+
+
+async def tab_reads(page, notification_id: str) -> None:
+    """markRead (over REST on SSE) and wait for the page to show it read."""
+    await page.evaluate("id => client.markRead(id)", notification_id)
+    await page.wait_for_function("document.getElementById('unread').textContent === '0'")
+    [shown] = await page.evaluate("shown()")
+    assert shown["read"] == "yes"
