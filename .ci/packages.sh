@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=$ROOT/.venv/bin/python
-PORT=$($PY -c 'from server.embedded import free_port; print(free_port())')
+PORT=$($PY -c 'from server.ops.embedded import free_port; print(free_port())')
 WORK=$(mktemp -d /tmp/packages.XXXXXX)
 BASE="http://127.0.0.1:$PORT"
 SERVICE=""
@@ -49,7 +49,7 @@ cp .ci/smoke-npm.mjs "$WORK/app/smoke.mjs"
 (cd "$WORK/app" && echo '{"name": "smoke", "private": true, "type": "module"}' >package.json \
   && npm install --silent --no-audit --no-fund "$WORK"/tarballs/*.tgz \
        react@18.3.1 react-dom@18.3.1 ws@8.23.1 \
-  && SMOKE_TRANSPORTS=websocket NOTIFY_URL=$BASE NOTIFY_API_KEY=$KEY node smoke.mjs) || fail "the npm smoke test failed"
+  && NOTIFY_URL=$BASE NOTIFY_API_KEY=$KEY node smoke.mjs) || fail "the npm smoke test failed"
 
 # 4. Python: build the wheel, install it alone into a fresh venv, run the command.
 $PY -m pip wheel -q --no-deps -w "$WORK/dist" clients/python

@@ -20,6 +20,7 @@ SCENARIOS = {
     "reconnect": "sockets drop, notifications pile up, all reconnect with since",
     "stalled": "memory while 100 stalled readers sit through a fan-out",
     "cluster": "three nodes: latency across nodes, then one killed and its clients moved",
+    "webhooks": "signed webhook deliveries per second to a local receiver",
 }
 
 

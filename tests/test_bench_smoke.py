@@ -33,6 +33,7 @@ EXPECTED = {
         "storm: 4/4 moved clients caught up",
         "lost=0 duplicated=0 out_of_order=0 failed={}",
     ],
+    "webhooks": ["webhooks: 4/4 delivered", "duplicates=0 bad_signatures=0 succeeded=4/4"],
 }
 
 
