@@ -207,7 +207,9 @@ async def test_critical_ack_seconds_defaults_to_five_minutes():
     assert Settings.from_env({"NOTIFY_CRITICAL_ACK_SECONDS": "60"}).critical_ack_seconds == 60
 
 
-async def test_unacknowledged_critical_notifications(settings, mongo_uri):
+async def test_unacknowledged_notifications(settings, mongo_uri):
+    """Listed until a person acknowledges (a delivery receipt is not enough): critical
+    ones by default, others that ask for it, none that opted out (CONTRACT §8)."""
     running = await serve_node(settings.with_(critical_ack_seconds=1), mongo_uri)
     try:
         key, _ = await running.node.api_keys.create("t", ["notify", "broadcast", "tokens"])
@@ -216,28 +218,33 @@ async def test_unacknowledged_critical_notifications(settings, mongo_uri):
         phone = await Socket.open(running.url, await api.token("p-1"))
         await phone.expect("welcome")
         acked = await api.notify("p-1", "acked", priority="critical")
-        missed = await api.notify("p-2", "missed", priority="critical")
+        received = await api.notify("p-2", "received", priority="critical")
+        missed = await api.notify("p-2", "missed", ack_required=True)
         await api.notify("p-3", "normal one")
+        await api.notify("p-3", "opted out", priority="critical", ack_required=False)
         body = {"audience": "all", "title": "b", "message": "m", "priority": "critical"}
         await api.post("/v1/broadcasts", body, expect=201)
         await api.notify("p-4", "gone", priority="critical", expires_at=later(0.8))
         phone.send(
-            {"type": "ack", "id": (await phone.expect("notification"))["notification"]["id"]}
+            {
+                "type": "acknowledge",
+                "id": (await phone.expect("notification"))["notification"]["id"],
+            }
         )
+        await phone.expect("acknowledged")
+        await running.node.notifications.ack("p-2", (), received["id"], "a-connection")
         scheduled = await api.notify("p-5", "later", priority="critical", deliver_at=later(0.9))
-        assert await notifications.unacknowledged_critical() == []  # none older than 1 s yet
+        assert await notifications.unacknowledged() == []  # none older than 1 s yet
 
         await asyncio.sleep(1.2)
         # The scheduled one was sent only ~0.3 s ago: not flagged yet.
-        flagged = await notifications.unacknowledged_critical()
-        assert [n["id"] for n in flagged] == [missed["id"]]
-        assert flagged[0]["delivered_at"] is None and flagged[0]["priority"] == "critical"
+        flagged = await notifications.unacknowledged()
+        assert [n["id"] for n in flagged] == [missed["id"], received["id"]]
+        assert flagged[1]["delivered_at"] is not None and flagged[1]["priority"] == "critical"
         await asyncio.sleep(0.8)
-        flagged = await notifications.unacknowledged_critical()
-        assert [n["id"] for n in flagged] == [scheduled["id"], missed["id"]]
-        assert [n["id"] for n in await notifications.unacknowledged_critical(limit=1)] == [
-            scheduled["id"]
-        ]
+        flagged = await notifications.unacknowledged()
+        assert [n["id"] for n in flagged] == [scheduled["id"], missed["id"], received["id"]]
+        assert [n["id"] for n in await notifications.unacknowledged(limit=1)] == [scheduled["id"]]
         assert acked["id"] not in [n["id"] for n in flagged]
     finally:
         await running.stop()

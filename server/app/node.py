@@ -25,6 +25,7 @@ from server.delivery.bus import Bus
 from server.delivery.hub import Hub
 from server.delivery.presence import ClusterPresence
 from server.delivery.protocol import ConnectionProtocol
+from server.escalation.service import Escalation
 from server.feed.notifications import Notifications
 from server.feed.scheduler import ScheduledStore, Scheduler
 from server.feed.sequencer import Sequencer
@@ -66,6 +67,7 @@ class Node:
     dashboard: Dashboard | None = None
     limits: RateLimits | None = None
     protocol: ConnectionProtocol | None = None
+    escalation: Escalation | None = None
 
     @classmethod
     def build(cls, settings: Settings, uri: str, watch: bool = True) -> Node:
@@ -119,10 +121,19 @@ class Node:
         )
         notifications.critical_ack = timedelta(seconds=settings.critical_ack_seconds)
         limits = RateLimits(settings)
+        escalation = Escalation(store, notifications, scheduler, bus, hub)
+        escalation.wire()
         protocol = ConnectionProtocol(
-            hub, notifications, store, tokens, audit, limits, settings.storage_timeout
+            hub,
+            notifications,
+            store,
+            tokens,
+            audit,
+            limits,
+            settings.storage_timeout,
+            acknowledgements=escalation.acks,
         )
-        return cls(
+        node = cls(
             settings,
             client,
             store,
@@ -138,7 +149,11 @@ class Node:
             cluster=cluster,
             limits=limits,
             protocol=protocol,
+            escalation=escalation,
         )
+        # Pushing the original again is the push service's, once the node has one.
+        escalation.push = lambda: getattr(node, "push", None)
+        return node
 
     async def start(self) -> None:
         """Create indexes, find the feed's position, start the writer and the bus."""

@@ -40,7 +40,7 @@ ERRORS = {
     401: ("Unauthorized", "No credential, or an unknown, revoked or expired one."),
     403: ("Forbidden", "The API key lacks the scope, or the token is another user's."),
     404: ("NotFound", "No such notification (for this user), or no such path."),
-    409: ("Conflict", "The notification was already sent."),
+    409: ("Conflict", "The notification was already sent, or is a broadcast (acknowledge)."),
     413: ("PayloadTooLarge", "The body is larger than the service accepts."),
     429: ("RateLimited", "Too many requests; retry after `Retry-After` seconds."),
     503: ("StorageUnavailable", "Storage is unreachable or slow; retry."),
@@ -122,6 +122,12 @@ ROUTES = (
         "post", "/v1/users/{user_id}/notifications/{notification_id}/read",
         "Mark one notification read (every device of the user hears of it)",
         schemas.NotificationOut, scope="read", own_user=True, params=UserNotificationPath,
+    ),
+    Route(
+        "post", "/v1/users/{user_id}/notifications/{notification_id}/acknowledge",
+        "Acknowledge a notification (a person's act; stops its escalation); idempotent",
+        schemas.NotificationOut, scope="read", own_user=True, body=schemas.AcknowledgeIn,
+        params=UserNotificationPath, extra=(409,),
     ),
     Route(
         "post", "/v1/users/{user_id}/notifications/read-all",

@@ -77,16 +77,24 @@ class Dashboard:
         }
 
     async def critical(self) -> list[dict]:
-        """Critical notifications no device acknowledged in time (cached for a few seconds)."""
+        """Notifications that need acknowledgement and lack it past the grace period
+        (critical ones by default; cached for a few seconds)."""
         fetched, items = self._critical
         if time.monotonic() - fetched > CRITICAL_EVERY:
-            found = await self.node.notifications.unacknowledged_critical(limit=50)
-            items = [
-                {k: d[k] for k in ("id", "user_id", "title", "created_at", "deliver_at")}
-                for d in found
-            ]
+            found = await self.node.notifications.unacknowledged(limit=50)
+            keys = ("id", "user_id", "title", "priority", "created_at", "deliver_at")
+            items = [{k: d[k] for k in keys} for d in found]
             self._critical = (time.monotonic(), items)
         return items
+
+    async def acknowledge(self, notification_id: str, actor: str, note: str | None) -> dict:
+        """A staff member acknowledges on the user's behalf; on the audit log with the note."""
+        doc = await self.node.escalation.acks.acknowledge(notification_id, actor, note)
+        await self.node.audit.record(
+            actor, "notification.acknowledge", notification_id, user_id=doc["user_id"], note=note
+        )
+        self._critical = (0.0, [])  # the overview shows it gone at once
+        return doc
 
     # ---- history -----------------------------------------------------------------------
 
