@@ -485,8 +485,10 @@ async def test_a_repeated_step_stores_no_second_alert(node, api):
     assert [n["id"] for n in feed] == [a["_id"] for a in alerts if a["user_id"] == "dr-8"]
 
 
-async def test_three_nodes_send_each_alert_once(node, api, settings, mongo_uri):
-    others = [await serve_node(settings.with_(node_id=f"peer-{i}"), mongo_uri) for i in range(2)]
+@pytest.mark.parametrize("peers", [1, 2], ids=["two nodes", "three nodes"])
+async def test_each_alert_once_across_nodes(node, api, settings, mongo_uri, peers):
+    quick = settings.with_(schedule_poll_seconds=0.1)
+    others = [await serve_node(quick.with_(node_id=f"peer-{i}"), mongo_uri) for i in range(peers)]
     try:
         nurse = await Socket.open(node.url, await api.token("nurse-6", ["nurse"]))
         await nurse.expect("welcome")
