@@ -93,6 +93,9 @@ class Settings:
         5.0, "seconds a request (or a write) may wait for MongoDB before it answers 503"
     )
     log_format: str = setting("json", "json (one object a line) or text")
+    log_user_ids: bool = setting(
+        False, "write user ids in logged paths as they are (default: a keyed-hash pseudonym)"
+    )
     cookie_secret: str = setting("", "signs dashboard session cookies (required in production)")
     secure_cookies: bool = setting(
         False, "mark dashboard cookies Secure (set it when served over HTTPS behind a proxy)"

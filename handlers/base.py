@@ -76,6 +76,24 @@ class BaseHandler(web.RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("X-Request-Id", self.request_id)
 
+    @property
+    def log_path(self) -> str:
+        """This request's path as log lines show it (a pseudonym for a user id)."""
+        return logs.loggable_path(self.request.path, self.services.log_key)
+
+    def _request_summary(self) -> str:
+        # Tornado's own log lines about this request (errors): the path without its query
+        # (a token) and with the user id's pseudonym.
+        return f"{self.request.method} {self.log_path} ({self.request.remote_ip})"
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, web.HTTPError):
+            return super().log_exception(typ, value, tb)
+        # Tornado's version adds repr(request), whose URI holds the query and the user id.
+        web.app_log.error(
+            "Uncaught exception %s", self._request_summary(), exc_info=(typ, value, tb)
+        )
+
     async def prepare(self) -> None:
         logs.REQUEST_ID.set(self.request_id)  # every line logged for this request carries it
         # One storage budget for the whole request, so that a hung MongoDB is a 503, not a
@@ -252,7 +270,7 @@ class APIHandler(BaseHandler):
     def log_exception(self, typ, value, tb) -> None:
         if isinstance(value, StorageUnavailable | PyMongoError):
             METRICS.storage_errors.inc()
-            log.warning("storage unavailable on %s %s", self.request.method, self.request.path)
+            log.warning("storage unavailable on %s %s", self.request.method, self.log_path)
         elif not isinstance(value, ServiceError | web.HTTPError):
             super().log_exception(typ, value, tb)
 

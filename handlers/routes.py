@@ -19,6 +19,7 @@ from handlers.dashboard import base as dashboard_base
 from handlers.dashboard import pages as dashboard
 from handlers.dashboard import socket as dashboard_ws
 from handlers.static import StaticFiles
+from server.app import logs
 from server.app.node import Node
 
 access_log = logging.getLogger("notify.access")
@@ -26,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def log_request(handler: web.RequestHandler) -> None:
-    """One access line per request: method, path without its query (tokens!), status, time."""
+    """One access line per request: method, path without its query (tokens!) and with a
+    pseudonym for a user id, status, time."""
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     if not access_log.isEnabledFor(level):  # nothing below to build for a line not written
@@ -37,7 +39,7 @@ def log_request(handler: web.RequestHandler) -> None:
         "%d %s %s %.1fms",
         status,
         handler.request.method,
-        handler.request.path,
+        logs.loggable_path(handler.request.path, handler.settings["services"].log_key),
         millis,
         extra={"request_id": getattr(handler, "request_id", None)},
     )

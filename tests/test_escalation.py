@@ -384,12 +384,12 @@ async def test_ladder_to_a_role_then_to_users(node, api):
 async def test_nothing_escalates_after_acknowledgement(node, api):
     nurse = await Socket.open(node.url, await api.token("nurse-2", ["nurse"]))
     await nurse.expect("welcome")
-    created = await critical(api, "n-1", escalation=[{"after_seconds": 1, "to_role": "nurse"}])
+    created = await critical(api, "n-1", escalation=[{"after_seconds": 2, "to_role": "nurse"}])
     await api.post(f"/v1/users/n-1/notifications/{created['id']}/acknowledge")
     assert await queued(node, created["id"]) == []
     # A marker escalated later than the step would have been: when it arrives, the step's
     # time has passed, and nothing came before it.
-    marker = await critical(api, "n-2", escalation=[{"after_seconds": 2, "to_role": "nurse"}])
+    marker = await critical(api, "n-2", escalation=[{"after_seconds": 3, "to_role": "nurse"}])
     alert = (await nurse.expect("notification", timeout=15))["notification"]
     assert alert["data"]["escalated_from"] == marker["id"]
     assert await alerts_in(node.node.store.db, created["id"]) == []
@@ -408,14 +408,14 @@ async def test_a_step_already_claimed_checks_acknowledgement_again(node, api):
 async def test_nothing_escalates_after_expiry_and_the_expiry_is_on_record(node, api):
     nurse = await Socket.open(node.url, await api.token("nurse-3", ["nurse"]))
     await nurse.expect("welcome")
-    soon = iso(utcnow() + timedelta(milliseconds=600))
+    soon = iso(utcnow() + timedelta(milliseconds=1500))
     created = await critical(
-        api, "e-1", expires_at=soon, escalation=[{"after_seconds": 1, "to_role": "nurse"}]
+        api, "e-1", expires_at=soon, escalation=[{"after_seconds": 2, "to_role": "nurse"}]
     )
     acked = await critical(api, "e-1", expires_at=soon)
     await api.post(f"/v1/users/e-1/notifications/{acked['id']}/acknowledge")
     plain = await api.notify("e-1", "no ack needed", expires_at=soon)
-    marker = await critical(api, "e-2", escalation=[{"after_seconds": 2, "to_role": "nurse"}])
+    marker = await critical(api, "e-2", escalation=[{"after_seconds": 3, "to_role": "nurse"}])
     alert = (await nurse.expect("notification", timeout=15))["notification"]
     assert alert["data"]["escalated_from"] == marker["id"]
     assert await alerts_in(node.node.store.db, created["id"]) == []

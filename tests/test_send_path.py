@@ -125,6 +125,7 @@ async def test_a_closed_socket_is_reported_closed(node, api):
     assert stream_send(None, wire.frame({"n": 1}), 1 << 20) == CLOSED
 
 
+@pytest.mark.slow
 async def test_a_slow_reader_is_dropped_and_the_others_get_everything(settings, mongo_uri):
     running = await serve_node(settings.with_(send_buffer_bytes=32768), mongo_uri)
     try:

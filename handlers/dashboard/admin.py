@@ -30,7 +30,7 @@ class ListPage(PageHandler):
 
 class ApiKeysHandler(ListPage):
     async def _page(self, status: int = 200, **values) -> None:
-        keys = [api_key(r) for r in await self.services.store.list_api_keys()]
+        keys = [api_key(r) for r in await self.services.api_keys.listing()]
         values.setdefault("errors", {})
         values.setdefault("values", {})
         self.render_page("api_keys.html", status, keys=keys, scopes=schemas.SCOPES, **values)

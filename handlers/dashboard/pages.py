@@ -104,7 +104,7 @@ class ComposeHandler(PageHandler):
         values = {**COMPOSE_DEFAULTS, **self.raw_form()}
         try:
             form = self.form(schemas.ComposeForm())
-            outcome = await compose.send(self.services, form, self.actor)
+            outcome = await compose.send(self.dashboard, form, self.actor)
         except ValidationFailed as exc:
             return self.render_page(
                 "compose.html", 400, values=values, errors=exc.fields, outcome=None

@@ -13,6 +13,7 @@ import pymongo
 from pymongo import AsyncMongoClient
 from pymongo.errors import ConnectionFailure, OperationFailure
 
+from server.app import logs
 from server.app.audit import Audit
 from server.app.errors import StorageUnavailable
 from server.app.secret_files import local_secret
@@ -68,6 +69,8 @@ class Node:
     limits: RateLimits | None = None
     protocol: ConnectionProtocol | None = None
     escalation: Escalation | None = None
+    # The key of user-id pseudonyms in log lines; None writes user ids as they are.
+    log_key: bytes | None = None
 
     @classmethod
     def build(cls, settings: Settings, uri: str, watch: bool = True) -> Node:
@@ -99,7 +102,6 @@ class Node:
             bus.publish_event,
             node_id,
             settings.replay_limit,
-            settings.retention_days,
             Timeline(store.db, settings.retention_days),
         )
         tokens = Tokens(
@@ -150,13 +152,14 @@ class Node:
             limits=limits,
             protocol=protocol,
             escalation=escalation,
+            log_key=None if settings.log_user_ids else logs.pseudonym_key(token_secret(settings)),
         )
         # Pushing the original again is the push service's, once the node has one.
         escalation.push = lambda: getattr(node, "push", None)
         return node
 
     async def start(self) -> None:
-        """Create indexes, find the feed's position, start the writer and the bus."""
+        """Create indexes, find the feed's highest seq, start the writer and the bus."""
         await self._create_indexes()
         self.audit.start()
         self.hub.seq = await self.store.high_seq()
@@ -166,7 +169,17 @@ class Node:
             self.scheduler.start()
         self.bus.start()
         await self.cluster.start(self.started_at)
-        self.dashboard = Dashboard(self)
+        self.dashboard = Dashboard(
+            self.settings,
+            self.store.db,
+            self.hub,
+            self.notifications,
+            self.audit,
+            self.limits,
+            self.stats,
+            self.presence,
+            self.escalation.acks,
+        )
         await self.dashboard.start()
 
     async def _create_indexes(self) -> None:

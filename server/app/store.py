@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from server.app.errors import StorageUnavailable
 
@@ -357,12 +357,6 @@ class Store:
             pipeline, resume_after=resume_after, max_await_time_ms=1000
         )
 
-    async def stream(self, collection: str, resume_after: dict | None) -> AsyncIterator[dict]:
-        """Yield inserted documents' change events until the stream breaks."""
-        async with await self.watch(collection, resume_after) as changes:
-            async for change in changes:
-                yield change
-
 
 class AlreadyStored(Exception):
     """A document's ``_id`` is already in the feed; ``index`` is its place in the batch."""
@@ -395,8 +389,3 @@ def is_hidden(doc: dict) -> bool:
     if until is None or isinstance(until, datetime):
         return until is not None and until <= HIDDEN
     return str(until).startswith("1970-01-01")
-
-
-def is_duplicate(exc: Exception) -> bool:
-    """True for a duplicate key error."""
-    return isinstance(exc, DuplicateKeyError)

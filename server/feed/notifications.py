@@ -51,12 +51,10 @@ class Notifications:
         publish_event: Callable[[dict], Awaitable[None]],
         node_id: str,
         replay_limit: int,
-        retention_days: int,
         timeline: Timeline,
     ):
         self.store = store
         self.sequencer = sequencer
-        self.hub = hub
         self.publish_event = publish_event
         self.node_id = node_id
         self.timeline = timeline
