@@ -569,3 +569,25 @@ async def test_staff_acknowledge_from_the_overview(node, api):
     ]
     gone = await browser.post("/dashboard/notifications/nope/acknowledge", {"note": "x"})
     assert gone.code == 302
+
+
+# ---- the Python client --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flavor", ["sync", "async"])
+async def test_the_python_client_sends_a_ladder_and_acknowledges(node, api, api_key, flavor):
+    from tests.test_python_client import AsyncNotifyClient, Caller, NotifyClient
+
+    client = Caller((NotifyClient if flavor == "sync" else AsyncNotifyClient)(node.url, api_key))
+    steps = [{"after_seconds": 600, "to_role": "oncall"}]
+    made = await client.send_lab_result_notification(
+        "py-1", "lr-3", priority="critical", escalation=steps
+    )
+    assert made["ack_required"] is True and made["escalation"] == steps
+    done = await client.acknowledge("py-1", made["id"], note="called back")
+    assert done["acknowledged_by"] == "key:tests" and done["acknowledged_at"]
+    again = await client.acknowledge("py-1", made["id"])
+    assert again["acknowledged_at"] == done["acknowledged_at"]
+    events = [e for e in await timeline(api, made["id"]) if e["event"] == "acknowledged"]
+    assert [(e["by"], e["note"]) for e in events] == [("key:tests", "called back")]
+    assert await queued(node, made["id"]) == []

@@ -91,7 +91,8 @@ class Notifications:
             "read_at": None,
             "origin": self.node_id,
             # Per user (CONTRACT §8): a broadcast is never acknowledged and never escalates.
-            "ack_required": bool(payload.get("ack_required")) and target.get("user_id") is not None,
+            "ack_required": target.get("user_id") is not None
+            and bool(payload.get("ack_required", payload["priority"] == CRITICAL)),
             "acknowledged_at": None,
             "acknowledged_by": None,
             "escalation": payload.get("escalation") if target.get("user_id") else None,
