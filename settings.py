@@ -50,6 +50,9 @@ class Settings:
         20.0, "seconds without a pong before a socket is dropped (at most the ping interval)"
     )
     auth_timeout: float = setting(10.0, "seconds a socket may take to send its auth frame")
+    sse_keepalive_seconds: float = setting(
+        15.0, "seconds between the comment lines that keep an SSE stream open"
+    )
     max_frame_bytes: int = setting(65536, "largest client frame; larger closes with 1009")
     max_body_bytes: int = setting(1048576, "largest REST request body; larger is a 413")
     max_connections: int = setting(18000, "socket cap for this node; past it, close 1013")

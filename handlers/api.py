@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from handlers.base import APIHandler
+from handlers.base import ID, APIHandler
 from server.app import schemas
 from server.app.timeutil import iso
-
-ID = f"({schemas.ID_CHARS})"
 
 
 class TokensHandler(APIHandler):

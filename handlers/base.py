@@ -31,6 +31,8 @@ from server.auth import origins
 from server.auth.credentials import Principal, looks_like_token
 
 log = logging.getLogger("notify.api")
+# A route's id parameter (a user id, a notification id): what the schemas accept.
+ID = f"({schemas.ID_CHARS})"
 # Built once: json.dumps with an argument builds a new encoder on every call.
 _to_json = json.JSONEncoder(ensure_ascii=False).encode
 

@@ -328,6 +328,7 @@
       }
       tr.appendChild(roles);
       tr.appendChild(el("td", { class: "ua", title: c.user_agent }, c.user_agent));
+      tr.appendChild(el("td", {}, c.transport));
       tr.appendChild(el("td", { class: "mono" }, c.ip));
       tr.appendChild(timeCell(c.since));
       tr.appendChild(timeCell(c.last_active));
@@ -336,7 +337,7 @@
     if (!rows.length) {
       const tr = el("tr", { class: "empty" });
       const text = msg.filter ? `No connections of users starting with “${msg.filter}”.` : "No connections.";
-      tr.appendChild(el("td", { colspan: "6" }, text));
+      tr.appendChild(el("td", { colspan: "7" }, text));
       rows.push(tr);
     }
     body.replaceChildren(...rows);

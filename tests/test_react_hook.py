@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser import browser  # noqa: F401
+from tests.support import QUIET, wait_for
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.browser]
 
@@ -53,13 +54,12 @@ def files() -> dict[str, tuple[str, bytes]]:
 async def sockets_of(node, user_id: str, count: int) -> None:
     """Wait until the node holds exactly ``count`` sockets of the user, and still does."""
     for _ in range(2):
-        for _ in range(100):
-            if len(node.node.hub.user_subscriptions(user_id)) == count:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError(f"{user_id} does not have {count} sockets")
-        await asyncio.sleep(0.3)  # a second socket opening late would show now
+        await wait_for(
+            lambda: len(node.node.hub.user_subscriptions(user_id)) == count,
+            what=f"{user_id} with {count} sockets",
+        )
+        # An absence (no second socket opening late) can only be watched for a while.
+        await asyncio.sleep(QUIET)
 
 
 async def test_the_hook_lists_history_and_live_marks_read_and_keeps_one_socket(

@@ -719,8 +719,9 @@
           this._retry(code, reason, this._minDelay / 2);
           return;
         }
-        if (link.httpStatus === 403) {
-          this._reportOrigin(reason);
+        var fallback = this._transport === "auto" && link.kind === "websocket";
+        if (link.httpStatus === 403 && !fallback) {
+          this._reportOrigin(reason); // SSE's answer, or the socket's where there is no SSE
         } else if (code === CLOSE_POLICY) {
           this._tokenSuspect = true; // e.g. the token expired while connected
           this._emit("error", { code: "policy_close", message: reason || "closed by policy" });
@@ -735,8 +736,11 @@
           if (this._failures >= 2 && (this._failures & (this._failures - 1)) === 0) {
             this._tokenSuspect = true;
           }
-          if (this._transport === "auto" && link.kind === "websocket" && !link.httpStatus) {
-            this._useSse = true; // the socket cannot open: SSE next, at once, still connecting
+          if (fallback) {
+            // The socket cannot open (a proxy that refuses upgrades answers 400, 403, 502...,
+            // or nothing): SSE next, at once, still "connecting". A refused Origin or token
+            // is refused there too, and readably.
+            this._useSse = true;
             var self = this;
             this._timer = setTimeout(function () {
               self._timer = null;
@@ -969,6 +973,9 @@
             break;
           case "unread_count":
             this._setUnread(frame.count);
+            break;
+          case "close": // SSE only: what a socket's close code and reason say
+            this._drop(link, frame.code, frame.reason, false);
             break;
           case "error":
             if (!link.welcomed) {

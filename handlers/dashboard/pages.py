@@ -9,8 +9,8 @@ from urllib.parse import urlencode
 
 from tornado import web
 
+from handlers.base import ID
 from handlers.dashboard.base import DashboardNotFound, PageHandler, RootRedirect
-from server.app import schemas
 from server.app.errors import (
     Conflict,
     NotFound,
@@ -20,11 +20,10 @@ from server.app.errors import (
     retry_after,
 )
 from server.app.timeutil import iso
-from server.dashboard import compose
+from server.dashboard import compose, forms
 from server.dashboard.staff import test_client_roles
 
-ID = f"({schemas.ID_CHARS})"
-LOCAL_PATH = re.compile(schemas.LOCAL_PATH_PATTERN)
+LOCAL_PATH = re.compile(forms.LOCAL_PATH_PATTERN)
 TEST_TOKEN_SECONDS = 300
 COMPOSE_DEFAULTS = {"target": "user", "type": "custom", "priority": "normal"}
 
@@ -43,7 +42,7 @@ class LoginHandler(PageHandler):
         values = self.raw_form()
         values.pop("password", None)
         try:
-            form = self.form(schemas.LoginIn())
+            form = self.form(forms.LoginIn())
             token = await self.dashboard.staff.login(
                 form["username"],
                 form["password"],
@@ -87,7 +86,7 @@ class ConnectionsHandler(PageHandler):
     @web.authenticated
     async def get(self) -> None:
         """Who is connected to this node; the staff socket keeps the list live."""
-        query = self.form(schemas.ConnectionsQuery())
+        query = self.form(forms.ConnectionsQuery())
         listing = self.dashboard.live.connections(query.get("user", ""))
         self.render_page("connections.html", listing=listing, user=query.get("user", ""))
 
@@ -103,7 +102,7 @@ class ComposeHandler(PageHandler):
         """Validate with the API's schemas, send, and show the outcome."""
         values = {**COMPOSE_DEFAULTS, **self.raw_form()}
         try:
-            form = self.form(schemas.ComposeForm())
+            form = self.form(forms.ComposeForm())
             outcome = await compose.send(self.dashboard, form, self.actor)
         except ValidationFailed as exc:
             return self.render_page(
@@ -119,7 +118,7 @@ class HistoryHandler(PageHandler):
         """Notifications with filters, their delivery and read state, and paging."""
         values = self.raw_form()
         try:
-            query = self.form(schemas.HistoryQuery())
+            query = self.form(forms.HistoryQuery())
         except ValidationFailed as exc:
             page = {"items": [], "next": None}
             return self.render_page(
@@ -176,7 +175,7 @@ class TestTokenHandler(PageHandler):
         """Mint a short-lived connection token for the test client page (JSON)."""
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         try:
-            req = self.form(schemas.TestTokenIn())
+            req = self.form(forms.TestTokenIn())
             allowed = test_client_roles(self.staff["role"])
             if not set(req["roles"]) <= allowed:
                 await self.services.audit.record(
@@ -204,7 +203,7 @@ class AccountHandler(PageHandler):
     async def post(self) -> None:
         """Change one's own password; every session (this one too) ends."""
         try:
-            form = self.form(schemas.PasswordChangeIn())
+            form = self.form(forms.PasswordChangeIn())
             await self.dashboard.staff.change_password(
                 self.staff["_id"], form["current"], form["new"]
             )

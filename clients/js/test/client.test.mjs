@@ -198,3 +198,62 @@ describe("acknowledge", () => {
     }
   });
 });
+
+describe("SSE", () => {
+  test("transport sse: live, read over REST, resume with since after a close", async () => {
+    const storage = memoryStorage();
+    const { c, log } = client({ token: tokenFor("js-8"), transport: "sse", storage, WebSocket: undefined });
+    c.connect();
+    try {
+      await until(() => c.status === "open", 20000, "open");
+      assert.equal(c.transport, "sse");
+      const made = await service.notify("js-8", "over SSE");
+      await until(() => c.notifications.length === 1, 20000, "the notification");
+      assert.equal(c.notifications[0].id, made.id);
+      await c.markRead(made.id); // REST on this transport
+      await until(() => c.unreadCount === 0, 20000, "unread 0");
+      c.close();
+      const missed = await service.notify("js-8", "while away");
+      c.connect();
+      await until(() => c.notifications.length === 2, 20000, "the replay");
+      assert.equal(c.notifications[1].id, missed.id);
+      assert.deepEqual(log.filter((e) => e.type === "notification").map((e) => e.info.source), ["live", "replay"]);
+      assert.deepEqual(log.of("error"), []);
+    } finally {
+      c.close();
+    }
+  });
+
+  test("auto: a socket that cannot open falls back to SSE at once", async () => {
+    class Blocked extends WS {
+      constructor(url) {
+        super(url.replace("/v1/ws/notifications", "/v1/no-socket-here")); // the upgrade is refused
+      }
+    }
+    const { c, log } = client({ token: tokenFor("js-9"), WebSocket: Blocked });
+    c.connect();
+    try {
+      await until(() => c.status === "open", 20000, "open");
+      assert.equal(c.transport, "sse");
+      assert.deepEqual(statuses(log), ["connecting", "open"]); // no "closed" in between
+      const made = await service.notify("js-9", "fallback");
+      await until(() => c.notifications.some((n) => n.id === made.id), 20000, "delivery");
+    } finally {
+      c.close();
+    }
+  });
+
+  test("a refused token on SSE counts toward unauthorized", async () => {
+    let asked = 0;
+    const { c } = client({
+      transport: "sse",
+      getToken: () => {
+        asked += 1;
+        return tokenFor("js-10", 600, "not-the-service-secret-0123456789-xyz");
+      },
+    });
+    c.connect();
+    await until(() => c.status === "unauthorized", 20000, "unauthorized");
+    assert.equal(asked, 2);
+  });
+});
