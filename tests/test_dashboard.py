@@ -140,6 +140,7 @@ ADMIN_PAGES = [
     "/dashboard/staff",
     "/dashboard/audit",
     "/dashboard/audit.csv",
+    "/dashboard/webhooks",
 ]
 POSTS = [
     "/dashboard/logout",
@@ -151,6 +152,7 @@ POSTS = [
     "/dashboard/api-keys/k1/revoke",
     "/dashboard/staff",
     "/dashboard/staff/nurse",
+    "/dashboard/webhooks/w1/deliveries/d1/retry",
 ]
 
 

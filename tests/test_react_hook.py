@@ -126,3 +126,22 @@ async def test_the_hook_lists_history_and_live_marks_read_and_keeps_one_socket(
         assert errors == []
     finally:
         await context.close()
+
+
+async def test_the_readmes_options_table_matches_the_hook_and_its_types():
+    """clients/react: the options the hook takes beyond the client's, in README, code and types."""
+    import re
+
+    package = ROOT / "clients" / "react"
+    readme = (package / "README.md").read_text()
+    block = readme.split("<!-- options -->")[1].split("<!-- /options -->")[0]
+    documented = re.findall(r"^\| `(\w+)` \|", block, re.M)
+    types = (package / "index.d.ts").read_text()
+    interface = types.split("interface UseNotificationsOptions")[1].split("}")[0]
+    declared = re.findall(r"^\s+(\w+)\?:", interface, re.M)
+    hook = (package / "index.mjs").read_text()
+    # The hook takes its own options out before handing the rest to the client.
+    taken = re.search(r"const \{ (.*?), \.\.\.clientOptions \} = options;", hook).group(1)
+    own = [part.split(":")[0].strip() for part in taken.split(",")]
+    assert sorted(documented) == sorted(declared) == sorted(own)
+    assert "historySize === undefined ? 50" in hook and "| `historySize` | number | `50` |" in block

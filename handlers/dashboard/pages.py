@@ -151,7 +151,7 @@ class AcknowledgeHandler(PageHandler):
     async def post(self, notification_id: str) -> None:
         """Acknowledge a notification on its user's behalf, with a note (audited)."""
         try:
-            form = self.form(schemas.AcknowledgeIn())
+            form = self.form(forms.AcknowledgeForm())
             await self.dashboard.acknowledge(notification_id, self.actor, form["note"])
         except ValidationFailed as exc:
             self.flash("The note is too long." if "note" in exc.fields else exc.message)

@@ -24,6 +24,8 @@ from marshmallow import (
 from server.app.errors import ValidationFailed
 from server.app.timeutil import iso
 from server.feed.timeline import EVENTS as TIMELINE_EVENTS
+from server.webhooks.deliveries import STATUSES as DELIVERY_STATUSES
+from server.webhooks.events import EVENT_TYPES as WEBHOOK_EVENTS
 
 TYPES = ("appointment", "lab_result", "ai_analysis", "system_alert", "custom")
 PRIORITIES = ("low", "normal", "high", "critical")
@@ -349,6 +351,27 @@ class ApiKeyIn(Strict):
     )
 
 
+class WebhookIn(Strict):
+    """``POST /v1/webhooks``: where to send which events (the URL is checked by the service)."""
+
+    url = fields.String(required=True, validate=validate.Length(1, 2048))
+    events = fields.List(
+        fields.String(validate=validate.OneOf(WEBHOOK_EVENTS)),
+        required=True,
+        validate=validate.Length(1, 50),
+    )
+    description = fields.String(
+        allow_none=True, load_default=None, validate=validate.Length(0, 500)
+    )
+
+
+class DeliveriesQuery(Strict):
+    """Query of ``GET /v1/webhooks/{id}/deliveries``."""
+
+    status = fields.String(validate=validate.OneOf(DELIVERY_STATUSES))
+    limit = fields.Integer(load_default=100, validate=validate.Range(1, 500))
+
+
 # Client frames on the socket: one schema per frame type.
 class AckFrame(Strict):
     type = fields.Constant("ack")
@@ -597,3 +620,51 @@ class ErrorEnvelope(Schema):
 
     success = fields.Boolean(required=True, validate=validate.Equal(False))
     error = fields.Nested(ErrorOut, required=True)
+
+
+class WebhookOut(Out):
+    """A webhook endpoint; ``secret`` only in the answer that created it."""
+
+    id = fields.String(required=True)
+    url = fields.String(required=True)
+    events = fields.List(fields.String(validate=validate.OneOf(WEBHOOK_EVENTS)), required=True)
+    description = fields.String(required=True, allow_none=True)
+    created_at = fields.DateTime(required=True)
+    secret = fields.String(
+        validate=validate.Regexp(r"^whsec_[A-Za-z0-9+/=]{32,}$"),
+        metadata={"description": "whsec_ and base64: shown once, when created"},
+    )
+
+
+class WebhookListOut(Out):
+    """Every webhook endpoint, without secrets."""
+
+    items = fields.List(fields.Nested(WebhookOut), required=True)
+
+
+class DeliveryOut(Out):
+    """One event sent to one endpoint, with its attempts so far."""
+
+    id = fields.String(required=True)
+    webhook_id = fields.String(
+        required=True, metadata={"description": "the webhook-id header, the same on every retry"}
+    )
+    type = fields.String(required=True, validate=validate.OneOf(WEBHOOK_EVENTS))
+    notification_id = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(DELIVERY_STATUSES))
+    attempts = fields.Integer(required=True, validate=validate.Range(min=0))
+    last_status = fields.Integer(required=True, allow_none=True)
+    next_attempt_at = fields.DateTime(required=True, allow_none=True)
+    created_at = fields.DateTime()
+
+
+class DeliveryListOut(Out):
+    """An endpoint's deliveries, newest first."""
+
+    items = fields.List(fields.Nested(DeliveryOut), required=True)
+
+
+class DeletedOut(Out):
+    """What was deleted."""
+
+    id = fields.String(required=True)

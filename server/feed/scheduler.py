@@ -221,6 +221,19 @@ class ScheduledStore:
                 {"$set": {"claim_ms": at_ms[entry["_id"]], "state": PENDING}},
             )
 
+    async def settle(self, entry: dict, at_ms: int | None) -> bool:
+        """Finish a claimed entry whose work went on after its handler returned.
+
+        ``at_ms`` None deletes it, else it is free again from ``at_ms``. The claim token is
+        replaced, so the scheduler's own later update of the same claim changes nothing;
+        False when another node retook the entry meanwhile (its lease ran out).
+        """
+        match = {"_id": entry["_id"], "claim": entry["claim"]}
+        if at_ms is None:
+            return (await self.collection.delete_one(match)).deleted_count == 1
+        change = {"claim_ms": at_ms, "state": PENDING, "claim": str(ObjectId())}
+        return (await self.collection.update_one(match, {"$set": change})).matched_count == 1
+
     async def cancel(self, entry_id: str) -> dict | None:
         """Delete a pending entry (not claimed yet); returns it, or None."""
         return await self.collection.find_one_and_delete({"_id": entry_id, "state": PENDING})
@@ -287,6 +300,19 @@ class Scheduler:
     async def drop(self, ref: str, kinds: list[str]) -> int:
         """Forget pending work of these kinds about notification ``ref``."""
         return await self.store.drop(ref, kinds)
+
+    async def settle(self, entry: dict, at: datetime | None) -> bool:
+        """Finish an entry a handler handed on to background work (see ``ScheduledStore``).
+
+        Such a handler returns ``{entry_id: lease_end_ms}`` for it, so that another node
+        takes it again if this one dies; the background work then settles it: done (None),
+        or due again at ``at``.
+        """
+        at_ms = None if at is None else millis(at)
+        settled = await self.store.settle(entry, at_ms)
+        if at_ms is not None and (self._wake_ms is None or at_ms < self._wake_ms):
+            self._wake.set()
+        return settled
 
     def start(self) -> None:
         """Start the loop."""
