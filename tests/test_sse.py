@@ -162,3 +162,15 @@ async def test_refusals_are_the_contracts_envelope(node, api):
             body = answer.json()
             assert body["success"] is False and body["error"]["code"] == code, body
     assert not node.node.hub.user_subscriptions("p-1")
+
+
+async def test_payloads_unframe_what_the_hub_writes_back_to_back():
+    from server.delivery import wire
+
+    messages = [
+        {"type": "pong"},
+        {"type": "x", "pad": "a" * 300},
+        {"type": "y", "pad": "b" * 70000},
+    ]
+    joined = b"".join(wire.frame(m) for m in messages)  # 7-, 16- and 64-bit lengths
+    assert [json.loads(p) for p in wire.payloads(joined)] == messages

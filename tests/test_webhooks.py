@@ -249,12 +249,18 @@ async def test_every_event_type_maps_from_the_timeline(wnode, wapi, receiver):
     await timeline.record(nid, "escalated", level=1, to={"role": "nurse"})
     await timeline.record(nid, "push_failed", subscription_id="s1", status=410)
     await timeline.record(nid, "push_sent", subscription_id="s1", status=201)  # no webhook
+    await timeline.record(nid, "expired", key=f"{nid}:expired", unacknowledged=True)
+    other = (await wapi.notify("p-3"))["id"]
+    await timeline.record(other, "expired")  # expired, not unacknowledged: no webhook
     route = receiver.routes["all"]
-    await until(lambda: len(route.ok_ids()) == 3)
+    await until(lambda: len(route.ok_ids()) == 4)
     by_type = {r.body["type"]: r.body["data"] for r in route.requests}
     assert set(by_type) == {
         "notification.acknowledged", "notification.escalated", "notification.push_failed",
+        "notification.expired_unacknowledged",
     }  # fmt: skip
+    assert by_type["notification.expired_unacknowledged"]["notification_id"] == nid
+    assert {r.body["data"]["notification_id"] for r in route.requests} == {nid}
     assert by_type["notification.acknowledged"]["by"] == "p-3"
     assert "note" not in by_type["notification.acknowledged"]  # free text stays inside
     assert by_type["notification.escalated"]["level"] == 1

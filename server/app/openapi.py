@@ -232,7 +232,8 @@ def build_spec() -> APISpec:
             "description": "REST API for integrators. Every JSON answer except this document "
             'is an envelope: `{"success": true, "data": ...}` or `{"success": false, '
             '"error": {"code", "message", "fields"?}}`. Live delivery is the WebSocket '
-            "`GET /v1/ws/notifications` (not described here)."
+            "`GET /v1/ws/notifications`, and its Server-Sent Events fallback "
+            "`GET /v1/sse/notifications` (neither described here)."
         },
     )
     spec.components.security_scheme(

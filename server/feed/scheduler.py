@@ -215,10 +215,15 @@ class ScheduledStore:
 
     async def retry(self, entries: list[dict], at_ms: dict[str, int]) -> None:
         """Free claimed entries for another attempt, each at its own time."""
+        # One write per claim and time: a handler that leases a whole batch (webhooks) gives
+        # every entry the same time, and the loop should not wait for a write per entry.
+        groups: dict[tuple[str, int], list[str]] = {}
         for entry in entries:
-            await self.collection.update_one(
-                {"_id": entry["_id"], "claim": entry["claim"]},
-                {"$set": {"claim_ms": at_ms[entry["_id"]], "state": PENDING}},
+            groups.setdefault((entry["claim"], at_ms[entry["_id"]]), []).append(entry["_id"])
+        for (claim, when), ids in groups.items():
+            await self.collection.update_many(
+                {"_id": {"$in": ids}, "claim": claim},
+                {"$set": {"claim_ms": when, "state": PENDING}},
             )
 
     async def settle(self, entry: dict, at_ms: int | None) -> bool:

@@ -74,6 +74,14 @@ class Endpoints:
             await self._refresh()
         return [e for e in self._cached if kind in e["events"]]
 
+    async def sending(self, endpoint_id: str) -> dict | None:
+        """An endpoint to send to (URL and secret): from the cache when fresh, else MongoDB."""
+        if time.monotonic() - self._read_at <= self.cache_seconds:
+            for endpoint in self._cached:
+                if endpoint["_id"] == endpoint_id:
+                    return endpoint
+        return await self.get(endpoint_id)
+
     async def _refresh(self) -> None:
         # One read however many events arrive while it runs.
         if self._refreshing is None:
@@ -87,7 +95,8 @@ class Endpoints:
 
     async def _read(self) -> None:
         started, changes = time.monotonic(), self._changes
-        self._cached = await self.collection.find({}, {"events": 1, "url": 1}).to_list()
+        fields = {"events": 1, "url": 1, "secret": 1}
+        self._cached = await self.collection.find({}, fields).to_list()
         if changes == self._changes:
             self._read_at = started
 

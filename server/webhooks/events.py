@@ -25,7 +25,6 @@ FROM_TIMELINE = {
     "acknowledged": "notification.acknowledged",
     "escalated": "notification.escalated",
     "push_failed": "notification.push_failed",
-    "expired_unacknowledged": "notification.expired_unacknowledged",
 }
 ONCE_PER_NOTIFICATION = frozenset({"notification.delivered", "notification.read"})
 
@@ -36,6 +35,8 @@ WITHHELD_FIELDS = frozenset({"note", "title", "message", "data"})
 
 def event_type(entry: dict) -> str | None:
     """The webhook event type of a stored timeline event, or None if none is sent for it."""
+    # Escalation stores ``expired`` only for an ack_required notification that expired
+    # unacknowledged (any other expiry is derived when the timeline is read, never stored).
     if entry["event"] == "expired" and entry.get("fields", {}).get("unacknowledged"):
         return "notification.expired_unacknowledged"
     return FROM_TIMELINE.get(entry["event"])

@@ -209,7 +209,7 @@ class Webhooks:
             delivery = await self.deliveries.get(payload.get("delivery_id", entry["_id"]))
             endpoint = None
             if delivery is not None:
-                endpoint = await self.endpoints.get(delivery["endpoint_id"])
+                endpoint = await self.endpoints.sending(delivery["endpoint_id"])
             wanted = FAILED if manual else PENDING
             if endpoint is None or delivery["status"] != wanted:
                 await self.scheduler.settle(entry, None)  # deleted, or already settled

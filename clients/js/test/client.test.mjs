@@ -35,6 +35,8 @@ test("ESM import and CommonJS require give the same class", async () => {
   assert.equal(esm.compareCursors("9", "10") < 0, true);
   assert.throws(() => new NotifyClient({}), /token or a getToken/);
   assert.throws(() => new NotifyClient({ token: "t", transport: "smoke" }), /transport/);
+  // Node 20 has no global WebSocket: the socket-only transport needs one given.
+  assert.throws(() => new NotifyClient({ token: "t", transport: "websocket" }), /WebSocket option/);
 });
 
 test("live over the socket: ack, read, unread count, cursor in the given storage", async () => {
@@ -241,6 +243,16 @@ describe("SSE", () => {
     } finally {
       c.close();
     }
+  });
+
+  test("the stream's close event: an expired token without getToken ends unauthorized", async () => {
+    const { c, log } = client({ token: tokenFor("js-11", 2), transport: "sse" });
+    c.connect();
+    await until(() => c.status === "open", 20000, "open");
+    await until(() => c.status === "unauthorized", 20000, "unauthorized");
+    const [closed] = log.of("status").filter((s) => s.code === 1008);
+    assert.match(closed.reason, /token expired/); // the close event's code and reason
+    assert.deepEqual(log.of("error").map((e) => e.code), ["policy_close", "token_refused", "unauthorized"]);
   });
 
   test("a refused token on SSE counts toward unauthorized", async () => {
