@@ -443,3 +443,26 @@ async def test_the_dashboard_lists_failed_deliveries_and_retries_them(wnode, wap
     assert [e["target"] for e in entries] == [failed["id"]]
     again = await admin.post(action)  # no longer failed: said so, nothing sent
     assert again.code == 302 and len(route.requests) == 5
+
+
+async def test_real_delivery_answers_match_the_openapi_document(wnode, wapi, receiver):
+    import json
+
+    from server.app import openapi
+    from tests.test_openapi import Checker
+
+    check = Checker(json.loads(openapi.document()), wnode.url)
+    hook = await register(wapi, receiver, "doc-check", ["notification.read"], fail_next=100)
+    await read_one(wapi)
+    failed = await until(lambda: _with_status(deliveries(wapi, hook), "failed"))
+    listed = "/v1/webhooks/{webhook_id}/deliveries"
+    code, out = await check.call("get", listed, f"/v1/webhooks/{hook['id']}/deliveries", wapi.key)
+    assert code == 200 and out["data"]["items"][0]["last_status"] == 500
+    retry = "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry"
+    url = f"/v1/webhooks/{hook['id']}/deliveries/{failed[0]['id']}/retry"
+    receiver.routes["doc-check"].fail_next = 0
+    code, out = await check.call("post", retry, url, wapi.key)
+    assert code == 202 and out["data"]["webhook_id"] == failed[0]["webhook_id"]
+    await until(lambda: _with_status(deliveries(wapi, hook), "succeeded"))
+    code, out = await check.call("post", retry, url, wapi.key)
+    assert code == 409 and out["error"]["code"] == "conflict"
