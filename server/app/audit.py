@@ -106,6 +106,8 @@ class Audit:
                 batch, self._queue = self._queue[:BATCH], self._queue[BATCH:]
                 if await self._write(batch):
                     delay = 0.1
+                    if len(self._queue) < BATCH:  # not a full batch yet: let more gather
+                        await asyncio.sleep(COALESCE)
                     continue
                 room = max(QUEUE_MAX - len(self._queue), 0)
                 kept = batch[len(batch) - room :] if room < len(batch) else batch

@@ -108,6 +108,7 @@ class Node:
             hub.deliver if settings.direct_delivery else _stream_only,
             write_timeout=settings.storage_timeout,
             withheld=hub.withheld,
+            node_id=node_id,
         )
         notifications = Notifications(
             store,
@@ -140,6 +141,7 @@ class Node:
         escalation = Escalation(store, notifications, scheduler, bus, hub)
         escalation.wire()
         users = UserRecords(store)
+        notifications.users = users
         protocol = ConnectionProtocol(
             hub,
             notifications,

@@ -36,6 +36,7 @@ class UserRecords:
         self.store = store
         self.delay = delay
         self._queue: dict[str, tuple[tuple[str, ...], datetime]] = {}
+        self._writing: dict[str, tuple[tuple[str, ...], datetime]] = {}  # being written now
         # user id -> (roles, monotonic time) of the last write queued for it
         self._remembered: dict[str, tuple[tuple[str, ...], float]] = {}
         self._wake = asyncio.Event()
@@ -55,6 +56,12 @@ class UserRecords:
             del self._queue[next(iter(self._queue))]
         self._queue[user_id] = (roles, at)
         self._wake.set()
+
+    def queued_roles(self, user_id: str) -> tuple[str, ...] | None:
+        """The roles noted here for a user and not yet written (a feed read right after a
+        connect must not miss them), or None."""
+        record = self._queue.get(user_id) or self._writing.get(user_id)
+        return record[0] if record is not None else None
 
     def start(self) -> None:
         """Start the writer task."""
@@ -89,6 +96,7 @@ class UserRecords:
     async def flush(self) -> None:
         """Write every queued record now; on failure they stay queued."""
         batch, self._queue = self._queue, {}
+        self._writing = batch
         ops = [
             UpdateOne(
                 {"_id": user_id},
@@ -107,3 +115,5 @@ class UserRecords:
             for user_id, record in batch.items():  # newer notes win over the failed ones
                 self._queue.setdefault(user_id, record)
             raise
+        finally:
+            self._writing = {}

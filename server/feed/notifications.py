@@ -66,6 +66,7 @@ class Notifications:
         self.replay_limit = replay_limit
         self.retention = store.retention
         self.scheduler = None  # set by the app when scheduling is wired in
+        self.users = None  # the node's last-seen records (UserRecords), set by the app
         self.critical_ack = timedelta(seconds=300)  # the node sets critical_ack_seconds
         self.broadcasts = BroadcastCache(store, hub)  # read on every connect: kept in memory
 
@@ -162,6 +163,9 @@ class Notifications:
         """The roles a user is known by: the token's, or those last seen on a socket."""
         if roles is not None:
             return roles
+        queued = self.users.queued_roles(user_id) if self.users is not None else None
+        if queued is not None:  # seen on a socket here a moment ago, not yet written
+            return queued
         return tuple(await self.store.user_roles(user_id))
 
     async def feed(
