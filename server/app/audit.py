@@ -91,10 +91,12 @@ class Audit:
     async def stop(self) -> None:
         """Write what is queued (briefly), then stop the writer."""
         await self.flush(2.0)
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        # The driver can swallow a cancellation that lands mid-write, and the writer would
+        # then wait for entries for good: cancel again until it has ended.
+        task, self._task = self._task, None
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=0.5)
 
     async def _run(self) -> None:
         delay = 0.1
