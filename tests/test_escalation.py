@@ -629,3 +629,60 @@ async def test_the_history_page_shows_a_notifications_timeline(node, api):
     later = await api.notify("h-2", "Reminder", deliver_at=iso(utcnow() + timedelta(hours=1)))
     page = text(await browser.get(f"/dashboard/history/{later['id']}"))
     assert 'data-event="scheduled"' in page
+
+
+# ---- what webhooks hear of it -------------------------------------------------------------
+
+
+async def test_webhooks_hear_acknowledged_escalated_and_expired_unacknowledged(settings, mongo_uri):
+    """The real flow (not recorded events) reaches a signed receiver once per event."""
+    from tests.test_webhooks import FAST, register
+    from tests.webhook_receiver import Receiver
+
+    receiver = Receiver()
+    await receiver.start()
+    running = await serve_node(settings.with_(**FAST), mongo_uri)
+    try:
+        key, _ = await running.node.api_keys.create("ehr", ["notify", "read", "tokens", "admin"])
+        api = Api(running.url, key)
+        wanted = [
+            "notification.acknowledged",
+            "notification.escalated",
+            "notification.expired_unacknowledged",
+        ]
+        await register(api, receiver, "ehr", wanted)
+        climbing = await critical(
+            api, "w-1", escalation=[{"after_seconds": 1, "to_role": "oncall"}]
+        )
+        soon = iso(utcnow() + timedelta(milliseconds=1500))
+        expiring = await critical(api, "w-2", expires_at=soon)
+        route = receiver.routes["ehr"]
+
+        async def escalated_and_expired() -> bool:
+            return set(wanted[1:]) <= {r.body["type"] for r in route.requests if r.answered}
+
+        await wait_until(escalated_and_expired, what="escalated and expired webhooks")
+        await api.post(
+            f"/v1/users/w-1/notifications/{climbing['id']}/acknowledge", {"note": "seen"}
+        )
+        await api.post(f"/v1/users/w-1/notifications/{climbing['id']}/acknowledge")
+
+        async def acknowledged() -> bool:
+            return any(r.body["type"] == wanted[0] for r in route.requests if r.answered)
+
+        await wait_until(acknowledged, what="the acknowledged webhook")
+        by_type = {}
+        for r in route.requests:
+            by_type.setdefault(r.body["type"], []).append(r.body["data"])
+        assert all(r.verified for r in route.requests)
+        assert [d["notification_id"] for d in by_type["notification.escalated"]] == [climbing["id"]]
+        assert by_type["notification.escalated"][0]["to"] == {"role": "oncall"}
+        assert [(d["notification_id"], d["by"]) for d in by_type["notification.acknowledged"]] == [
+            (climbing["id"], "key:ehr")
+        ]
+        assert [d["notification_id"] for d in by_type["notification.expired_unacknowledged"]] == [
+            expiring["id"]
+        ]
+    finally:
+        await running.stop()
+        await receiver.stop()
