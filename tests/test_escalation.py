@@ -591,3 +591,41 @@ async def test_the_python_client_sends_a_ladder_and_acknowledges(node, api, api_
     events = [e for e in await timeline(api, made["id"]) if e["event"] == "acknowledged"]
     assert [(e["by"], e["note"]) for e in events] == [("key:tests", "called back")]
     assert await queued(node, made["id"]) == []
+
+
+async def test_the_history_page_shows_a_notifications_timeline(node, api):
+    staff = node.node.dashboard.staff
+    staff.hasher = FAST_HASHER
+    await staff.create("nurse", NURSE_PASSWORD, "staff", "test")
+    browser = Browser(node.url)
+    await browser.login("nurse", NURSE_PASSWORD)
+    steps = [{"after_seconds": 1, "to_role": "oncall"}]
+    created = await critical(api, "h-1", escalation=steps, title="<b>K+</b> 6.8")
+
+    async def escalated() -> bool:
+        return "escalated" in [e["event"] for e in await timeline(api, created["id"])]
+
+    await wait_until(escalated, what="the first step")
+    listing = text(await browser.get("/dashboard/history?user=h-1"))
+    assert f'href="/dashboard/history/{created["id"]}"' in listing
+    page = text(await browser.get(f"/dashboard/history/{created['id']}"))
+    assert "&lt;b&gt;K+&lt;/b&gt; 6.8" in page and "<b>K+</b>" not in page
+    assert 'data-event="created"' in page and 'data-event="escalated"' in page
+    assert "role <strong>oncall</strong>" in page and "needed, none yet" in page
+    done = await browser.post(
+        f"/dashboard/notifications/{created['id']}/acknowledge",
+        {"note": "paged the on-call nurse", "next": f"/dashboard/history/{created['id']}"},
+    )
+    assert done.headers["Location"] == f"/dashboard/history/{created['id']}"
+    page = text(await browser.get(f"/dashboard/history/{created['id']}"))
+    assert 'data-event="acknowledged"' in page and "paged the on-call nurse" in page
+    assert "staff:nurse" in page and "Acknowledge on the user" not in page
+    away = await browser.post(
+        f"/dashboard/notifications/{created['id']}/acknowledge",
+        {"next": "https://elsewhere.example/"},
+    )
+    assert away.headers["Location"] == "/dashboard"  # never off the dashboard
+    assert (await browser.get("/dashboard/history/no-such-id")).code == 404
+    later = await api.notify("h-2", "Reminder", deliver_at=iso(utcnow() + timedelta(hours=1)))
+    page = text(await browser.get(f"/dashboard/history/{later['id']}"))
+    assert 'data-event="scheduled"' in page
