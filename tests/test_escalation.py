@@ -434,6 +434,33 @@ async def test_nothing_escalates_after_expiry_and_the_expiry_is_on_record(node, 
     assert await queued(node, created["id"]) == []
 
 
+async def test_acknowledged_after_it_expired_still_expired_unacknowledged(node, api):
+    soon = utcnow() + timedelta(milliseconds=1200)
+    late = await critical(api, "e-3", expires_at=iso(soon))
+    in_time = await critical(api, "e-3", expires_at=iso(soon))
+    scheduler, expiry = node.node.scheduler, node.node.escalation.expiry
+    # Taken off the queue, to run them by hand after the acknowledgements below.
+    entries = [await scheduler.store.get(f"ack-expiry:{n['id']}") for n in (late, in_time)]
+    for n in (late, in_time):
+        assert await scheduler.drop(n["id"], ["ack_expiry"]) == 1
+    await api.post(f"/v1/users/e-3/notifications/{in_time['id']}/acknowledge")
+
+    async def expired() -> bool:
+        return "expired" in [e["event"] for e in await timeline(api, late["id"])]
+
+    await wait_until(expired, what="the expiry")
+    await api.post(f"/v1/users/e-3/notifications/{late['id']}/acknowledge")
+    assert await expiry.run(entries) == {}
+    assert (await timeline(api, late["id"]))[1] == {
+        "at": late["expires_at"],
+        "event": "expired",
+        "unacknowledged": True,
+    }
+    assert [e for e in await timeline(api, in_time["id"]) if e["event"] == "expired"] == [
+        {"at": in_time["expires_at"], "event": "expired"}
+    ]
+
+
 async def test_nothing_escalates_after_cancellation(node, api):
     nurse = await Socket.open(node.url, await api.token("nurse-4", ["nurse"]))
     await nurse.expect("welcome")

@@ -65,7 +65,7 @@ class Acknowledgements:
             note=note,
         )
         if self.scheduler is not None:  # the ladder stops (a step running now checks again)
-            await self.scheduler.drop(notification_id, LADDER_KINDS)
+            await self.scheduler.drop(notification_id, [ESCALATE])
         await self.publish_event(
             {"kind": "acknowledged", "user_id": doc["user_id"], "id": notification_id}
         )
