@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import pytest
 
+from server.app.metrics import METRICS
 from server.app.timeutil import iso, utcnow
 from server.escalation import ladder
 from tests.support import Api, Socket, serve_node
@@ -193,10 +194,13 @@ async def test_acknowledge_with_the_users_token_once(node, api):
 async def test_acknowledge_with_an_api_key_names_the_key(node, api):
     reader, _ = await node.node.api_keys.create("ward-system", ["read"])
     created = await critical(api, "a-2")
+    counted = METRICS.registry.get_sample_value("notify_acknowledged_total", {"by": "key"}) or 0
     done = await api.post(
         f"/v1/users/a-2/notifications/{created['id']}/acknowledge", key=reader
     )  # no body at all: the note is optional
     assert done["acknowledged_by"] == "key:ward-system"
+    after = METRICS.registry.get_sample_value("notify_acknowledged_total", {"by": "key"})
+    assert after == counted + 1
     events = await timeline(api, created["id"])
     assert events[-1] == {
         "at": done["acknowledged_at"],
