@@ -157,11 +157,17 @@ class Settings:
 
     @property
     def webhook_retries(self) -> tuple[float, ...]:
-        """The delays before each webhook retry, in seconds (ValueError if malformed)."""
+        """The delays before each webhook retry, in seconds (a malformed list stops start-up)."""
         parts = [p.strip() for p in self.webhook_retry_seconds.split(",") if p.strip()]
-        delays = tuple(float(p) for p in parts)
-        if any(not 0 <= d <= 7 * 86400 for d in delays):
-            raise ValueError("webhook retry delays must be between 0 and 604800 seconds")
+        try:
+            delays = tuple(float(p) for p in parts)
+        except ValueError:
+            delays = (-1.0,)
+        if len(delays) > 20 or any(not 0 <= d <= 7 * 86400 for d in delays):
+            raise SystemExit(
+                f"setting NOTIFY_WEBHOOK_RETRY_SECONDS: cannot read {self.webhook_retry_seconds!r}"
+                " as up to 20 comma-separated delays of 0 to 604800 seconds"
+            )
         return delays
 
     def with_(self, **changes: Any) -> Settings:
