@@ -29,6 +29,7 @@ from server.feed.notifications import Notifications
 from server.feed.scheduler import ScheduledStore, Scheduler
 from server.feed.sequencer import Sequencer
 from server.feed.timeline import Timeline
+from server.push.service import PushService
 from settings import Settings
 
 log = logging.getLogger("notify.node")
@@ -66,6 +67,7 @@ class Node:
     dashboard: Dashboard | None = None
     limits: RateLimits | None = None
     protocol: ConnectionProtocol | None = None
+    push: PushService | None = None
 
     @classmethod
     def build(cls, settings: Settings, uri: str, watch: bool = True) -> Node:
@@ -119,6 +121,9 @@ class Node:
         )
         notifications.critical_ack = timedelta(seconds=settings.critical_ack_seconds)
         limits = RateLimits(settings)
+        PushService.subject(settings)  # a missing subject stops the start, not the first push
+        push = PushService(settings, store.db, notifications, scheduler)
+        notifications.planners.append(push.plan)
         protocol = ConnectionProtocol(
             hub, notifications, store, tokens, audit, limits, settings.storage_timeout
         )
@@ -138,6 +143,7 @@ class Node:
             cluster=cluster,
             limits=limits,
             protocol=protocol,
+            push=push,
         )
 
     async def start(self) -> None:
@@ -148,6 +154,8 @@ class Node:
         self.sequencer.start()
         if self.scheduler is not None:
             await self.scheduler.store.create_indexes()
+            if self.push is not None:
+                await self.push.start()  # registers its kinds before the queue runs
             self.scheduler.start()
         self.bus.start()
         await self.cluster.start(self.started_at)
@@ -194,6 +202,8 @@ class Node:
         await self.bus.stop()
         if self.scheduler is not None:
             await self.scheduler.stop()
+        if self.push is not None:
+            self.push.stop()
         await self.sequencer.stop()
         await self.audit.stop()
         await self.client.close()

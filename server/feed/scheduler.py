@@ -37,7 +37,7 @@ from typing import Any
 from bson import ObjectId
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from server.app.errors import Conflict, StorageUnavailable
 from server.app.metrics import METRICS
@@ -97,6 +97,34 @@ class ScheduledStore:
         except DuplicateKeyError:
             return False
         return True
+
+    async def put_many(self, kind: str, items: list[tuple[str, int, dict, str | None]]) -> int:
+        """Enqueue many ``(key, due_ms, payload, ref)`` in one write; keys queued are skipped."""
+        now = utcnow()
+        entries = [
+            {
+                "_id": key,
+                "kind": kind,
+                "state": PENDING,
+                "claim_ms": due_ms,
+                "claimed_by": None,
+                "claim": None,
+                "attempts": 0,
+                "scheduled_at": now,
+                "payload": payload,
+                **({"ref": ref} if ref is not None else {}),
+            }
+            for key, due_ms, payload, ref in items
+        ]
+        if not entries:
+            return 0
+        try:
+            result = await self.collection.insert_many(entries, ordered=False)
+            return len(result.inserted_ids)
+        except BulkWriteError as exc:
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                raise
+            return exc.details.get("nInserted", 0)
 
     async def drop(self, ref: str, kinds: list[str]) -> int:
         """Delete the pending work of these kinds about one notification; how many."""
@@ -224,6 +252,7 @@ class Scheduler:
         self._wake_ms: int | None = None  # when the sleeping loop looks next; None: awake
         self._holding: list[dict] = []  # entries claimed and not yet finished
         self._task: asyncio.Task | None = None
+        self._stopping = False
         self.handlers: dict[str, Handler] = {SEND: self._send}
 
     def register(self, kind: str, handler: Handler) -> None:
@@ -245,17 +274,32 @@ class Scheduler:
             self._wake.set()
         return added
 
+    async def enqueue_many(self, kind: str, items: list[tuple[str, int, dict, str | None]]) -> int:
+        """Queue many ``(key, due_ms, payload, ref)`` of a kind in one write; how many were new."""
+        added = await self.store.put_many(kind, items)
+        if added and items:
+            earliest = min(due for _, due, _, _ in items)
+            if self._wake_ms is None or earliest < self._wake_ms:
+                self._wake.set()
+        return added
+
     async def drop(self, ref: str, kinds: list[str]) -> int:
         """Forget pending work of these kinds about notification ``ref``."""
         return await self.store.drop(ref, kinds)
 
     def start(self) -> None:
         """Start the loop."""
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name="scheduler")
 
     async def stop(self) -> None:
         """Stop the loop; what it held mid-send is released for another node at once."""
         if self._task:
+            # Python 3.11's wait_for swallows a cancel that arrives as the event it waits
+            # for is set (the loop then ran on, and stop() waited for ever): the loop also
+            # checks this flag.
+            self._stopping = True
+            self._wake.set()
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
@@ -341,7 +385,7 @@ class Scheduler:
         return {**doc, "purge_at": (expires or now) + self.retention}
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             # Busy, not asleep: anything scheduled from now on sets the event.
             self._wake_ms = None
             self._wake.clear()
