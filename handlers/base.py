@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pymongo
@@ -11,7 +13,7 @@ from marshmallow import Schema
 from pymongo.errors import PyMongoError
 from tornado import web
 
-from server.app import logs, schemas
+from server.app import idempotency, logs, schemas
 from server.app.audit import actor_of
 from server.app.errors import (
     RETRY_AFTER_UNAVAILABLE,
@@ -31,6 +33,8 @@ from server.auth import origins
 from server.auth.credentials import Principal, looks_like_token
 
 log = logging.getLogger("notify.api")
+# A route's id parameter (a user id, a notification id): what the schemas accept.
+ID = f"({schemas.ID_CHARS})"
 # Built once: json.dumps with an argument builds a new encoder on every call.
 _to_json = json.JSONEncoder(ensure_ascii=False).encode
 
@@ -48,8 +52,8 @@ STATUS_CODES = {
 
 # CORS for portals on other Origins. Callers send bearer credentials, never cookies: so no
 # Access-Control-Allow-Credentials, and the dashboard (cookies) stays same-origin.
-CORS_REQUEST_HEADERS = "Authorization, Content-Type, X-Request-Id"
-CORS_EXPOSED_HEADERS = "X-Request-Id, Retry-After"  # what the client library reads
+CORS_REQUEST_HEADERS = "Authorization, Content-Type, X-Request-Id, Idempotency-Key, Last-Event-ID"
+CORS_EXPOSED_HEADERS = "X-Request-Id, Retry-After, Idempotent-Replayed"  # what clients read
 CORS_MAX_AGE = "600"  # short: an Origin the operator removes stops working within minutes
 
 
@@ -75,6 +79,24 @@ class BaseHandler(web.RequestHandler):
 
     def set_default_headers(self) -> None:
         self.set_header("X-Request-Id", self.request_id)
+
+    @property
+    def log_path(self) -> str:
+        """This request's path as log lines show it (a pseudonym for a user id)."""
+        return logs.loggable_path(self.request.path, self.services.log_key)
+
+    def _request_summary(self) -> str:
+        # Tornado's own log lines about this request (errors): the path without its query
+        # (a token) and with the user id's pseudonym.
+        return f"{self.request.method} {self.log_path} ({self.request.remote_ip})"
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, web.HTTPError):
+            return super().log_exception(typ, value, tb)
+        # Tornado's version adds repr(request), whose URI holds the query and the user id.
+        web.app_log.error(
+            "Uncaught exception %s", self._request_summary(), exc_info=(typ, value, tb)
+        )
 
     async def prepare(self) -> None:
         logs.REQUEST_ID.set(self.request_id)  # every line logged for this request carries it
@@ -217,6 +239,41 @@ class APIHandler(BaseHandler):
         self.set_status(status)
         self.finish(_to_json({"success": True, "data": data}))
 
+    async def once(self, body: Any, status: int, make: Callable[[], Awaitable[Any]]) -> None:
+        """Answer with ``make()``'s data, once per ``Idempotency-Key`` (CONTRACT §10).
+
+        Without the header the request simply runs. With it, the first request with that
+        key (for this API key) runs and its answer is kept; a retry gets that answer again,
+        status and body as they were, and nothing new is stored.
+        """
+        key = self.request.headers.get(idempotency.HEADER)
+        if key is None:
+            self.ok(await make(), status)
+            return
+        store = self.services.idempotency
+        route = f"{self.request.method} {self.request.path}"
+        held = await store.begin(
+            self.principal.id, idempotency.check_key(key), idempotency.fingerprint(route, body)
+        )
+        if isinstance(held, idempotency.Replay):
+            self.set_header("Idempotent-Replayed", "true")
+            self.set_status(held.status)
+            self.finish(held.body)
+            return
+        try:
+            data = await make()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await store.abandon(held)
+            raise
+        text = _to_json({"success": True, "data": data})
+        try:
+            await store.finish(held, status, text)
+        except PyMongoError:  # stored, but not its answer: a retry waits, then runs again
+            log.warning("the answer to an Idempotency-Key was not kept")
+        self.set_status(status)
+        self.finish(text)
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         code, message, fields = STATUS_CODES.get(status_code, "internal_error"), None, {}
@@ -260,7 +317,7 @@ class APIHandler(BaseHandler):
     def log_exception(self, typ, value, tb) -> None:
         if isinstance(value, StorageUnavailable | PyMongoError):
             METRICS.storage_errors.inc()
-            log.warning("storage unavailable on %s %s", self.request.method, self.request.path)
+            log.warning("storage unavailable on %s %s", self.request.method, self.log_path)
         elif not isinstance(value, ServiceError | web.HTTPError):
             super().log_exception(typ, value, tb)
 

@@ -12,13 +12,15 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from handlers import api, base, health, openapi, push
+from handlers import api, base, escalation, health, openapi, push, sse, webhooks
 from handlers import socket as ws
 from handlers.dashboard import admin as dashboard_admin
 from handlers.dashboard import base as dashboard_base
 from handlers.dashboard import pages as dashboard
 from handlers.dashboard import socket as dashboard_ws
+from handlers.dashboard import webhooks as dashboard_webhooks
 from handlers.static import StaticFiles
+from server.app import logs
 from server.app.node import Node
 
 access_log = logging.getLogger("notify.access")
@@ -26,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def log_request(handler: web.RequestHandler) -> None:
-    """One access line per request: method, path without its query (tokens!), status, time."""
+    """One access line per request: method, path without its query (tokens!) and with a
+    pseudonym for a user id, status, time."""
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     if not access_log.isEnabledFor(level):  # nothing below to build for a line not written
@@ -37,7 +40,7 @@ def log_request(handler: web.RequestHandler) -> None:
         "%d %s %s %.1fms",
         status,
         handler.request.method,
-        handler.request.path,
+        logs.loggable_path(handler.request.path, handler.settings["services"].log_key),
         millis,
         extra={"request_id": getattr(handler, "request_id", None)},
     )
@@ -47,8 +50,11 @@ def make_app(node: Node, **extra) -> web.Application:
     """The application serving one node's REST API, sockets and pages."""
     s = node.settings
     handlers = [*health.default_handlers, *api.default_handlers, *ws.default_handlers]
-    handlers += openapi.default_handlers + push.default_handlers
+    handlers += sse.default_handlers + escalation.default_handlers
+    handlers += openapi.default_handlers + webhooks.default_handlers
+    handlers += push.default_handlers
     handlers += dashboard.default_handlers + dashboard_admin.default_handlers
+    handlers += dashboard_webhooks.default_handlers
     handlers += dashboard_ws.default_handlers + dashboard.not_found_handlers
     handlers.append((r".*", base.NotFoundHandler))
     return web.Application(

@@ -2,7 +2,7 @@
 
 Python keeps the last of two equal keys, many other parsers the first: a proxy or a
 validator in front could check ``p-A`` while the service stored ``p-B``. One parser
-(``server.schemas.parse_json``) refuses them for every body, socket frame and form field.
+(``server.app.schemas.parse_json``) refuses them for every body, socket frame and form field.
 """
 
 from __future__ import annotations

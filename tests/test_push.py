@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import pytest_asyncio
 
-from server.push.addresses import AddressRefused, PublicResolver, url_problem
+from server.app.outbound import BlockedAddress, PublicResolver, url_problem
 from server.push.preferences import quiet_until
 from tests.conftest import ALL_SCOPES
 from tests.pushservice import PushServer, unb64url
@@ -178,7 +178,7 @@ async def test_private_addresses_refused_unless_allowed(node, api, push_server):
 
 
 async def test_resolver_refuses_names_of_private_addresses():
-    with pytest.raises(AddressRefused):
+    with pytest.raises(BlockedAddress):
         await PublicResolver(allow_private=False).resolve("localhost", 443)
     assert await PublicResolver(allow_private=True).resolve("localhost", 443)
 
@@ -270,6 +270,16 @@ async def test_push_now_pushes_again_regardless_of_grace(settings, mongo_uri, pu
         await push_server.wait_for(lambda: len(push_server.to("p-1")) == 2)
     finally:
         await running.stop()
+
+
+async def test_escalation_pushes_the_original_again(fast, push_server):
+    _, api = fast
+    await subscribe(api, push_server, "p-1")
+    steps = [{"after_seconds": 1, "to_role": "nurse"}, {"after_seconds": 2, "to_role": "nurse"}]
+    sent = await lab(api, "p-1", priority="critical", escalation=steps)
+    await push_server.wait_for(lambda: len(push_server.to("p-1")) == 3)  # at once, 1 s, 2 s
+    assert {p.payload["id"] for p in push_server.to("p-1")} == {sent["id"]}
+    assert len(await timeline(api, sent["id"], "push_sent", count=3)) == 3
 
 
 async def test_410_deletes_the_subscription(fast, push_server):

@@ -6,12 +6,13 @@ from datetime import UTC, datetime
 
 from tornado import web
 
+from handlers.base import ID
 from handlers.dashboard.base import PageHandler, admin_only
 from server.app import schemas
 from server.app.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from server.dashboard import forms
 from server.feed.render import api_key
 
-ID = f"({schemas.ID_CHARS})"
 USERNAME = r"([A-Za-z0-9][A-Za-z0-9._\-]{1,31})"
 
 
@@ -30,7 +31,7 @@ class ListPage(PageHandler):
 
 class ApiKeysHandler(ListPage):
     async def _page(self, status: int = 200, **values) -> None:
-        keys = [api_key(r) for r in await self.services.store.list_api_keys()]
+        keys = [api_key(r) for r in await self.services.api_keys.listing()]
         values.setdefault("errors", {})
         values.setdefault("values", {})
         self.render_page("api_keys.html", status, keys=keys, scopes=schemas.SCOPES, **values)
@@ -67,9 +68,7 @@ class StaffHandler(ListPage):
         accounts = await self.dashboard.staff.accounts()
         values.setdefault("errors", {})
         values.setdefault("values", {"role": "staff"})
-        self.render_page(
-            "staff.html", status, accounts=accounts, roles=schemas.STAFF_ROLES, **values
-        )
+        self.render_page("staff.html", status, accounts=accounts, roles=forms.STAFF_ROLES, **values)
 
     @web.authenticated
     @admin_only
@@ -78,7 +77,7 @@ class StaffHandler(ListPage):
         values = self.raw_form()
         values.pop("password", None)
         try:
-            form = self.form(schemas.StaffIn())
+            form = self.form(forms.StaffIn())
             await self.dashboard.staff.create(
                 form["username"], form["password"], form["role"], self.actor
             )
@@ -97,7 +96,7 @@ class StaffChangeHandler(PageHandler):
         """Change an account's role, or disable or enable it."""
         staff = self.dashboard.staff
         try:
-            change = self.form(schemas.StaffChangeIn())
+            change = self.form(forms.StaffChangeIn())
             if change["action"] == "role":
                 await staff.set_role(self.actor, username, change["role"])
             else:
@@ -116,7 +115,7 @@ class AuditHandler(PageHandler):
         """The audit log: who did what, newest first, with filters and paging."""
         values = self.raw_form()
         try:
-            query = self.form(schemas.AuditQuery())
+            query = self.form(forms.AuditQuery())
         except ValidationFailed as exc:
             page = {"items": [], "next": None}
             return self.render_page("audit.html", 400, values=values, errors=exc.fields, page=page)
@@ -129,7 +128,7 @@ class AuditExportHandler(PageHandler):
     @admin_only
     async def get(self) -> None:
         """The audit entries matching the filters, as CSV."""
-        query = self.form(schemas.AuditQuery())
+        query = self.form(forms.AuditQuery())
         body = await self.dashboard.audit_csv(query)
         await self.services.audit.record(self.actor, "audit.export", "", filters=_text(query))
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")

@@ -239,7 +239,7 @@ class PageHandler(BaseHandler):
     def log_exception(self, typ, value, tb) -> None:
         if isinstance(value, PyMongoError):
             METRICS.storage_errors.inc()
-            log.warning("storage unavailable on %s %s", self.request.method, self.request.path)
+            log.warning("storage unavailable on %s %s", self.request.method, self.log_path)
         elif not isinstance(value, ServiceError | web.HTTPError):
             super().log_exception(typ, value, tb)
 

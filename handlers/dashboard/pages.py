@@ -9,8 +9,8 @@ from urllib.parse import urlencode
 
 from tornado import web
 
+from handlers.base import ID
 from handlers.dashboard.base import DashboardNotFound, PageHandler, RootRedirect
-from server.app import schemas
 from server.app.errors import (
     Conflict,
     NotFound,
@@ -20,11 +20,10 @@ from server.app.errors import (
     retry_after,
 )
 from server.app.timeutil import iso
-from server.dashboard import compose
+from server.dashboard import compose, forms
 from server.dashboard.staff import test_client_roles
 
-ID = f"({schemas.ID_CHARS})"
-LOCAL_PATH = re.compile(schemas.LOCAL_PATH_PATTERN)
+LOCAL_PATH = re.compile(forms.LOCAL_PATH_PATTERN)
 TEST_TOKEN_SECONDS = 300
 COMPOSE_DEFAULTS = {"target": "user", "type": "custom", "priority": "normal"}
 
@@ -43,7 +42,7 @@ class LoginHandler(PageHandler):
         values = self.raw_form()
         values.pop("password", None)
         try:
-            form = self.form(schemas.LoginIn())
+            form = self.form(forms.LoginIn())
             token = await self.dashboard.staff.login(
                 form["username"],
                 form["password"],
@@ -76,14 +75,18 @@ class OverviewHandler(PageHandler):
     @web.authenticated
     async def get(self) -> None:
         """Connections, users, sent and delivered, and a chart; kept live by the staff socket."""
-        self.render_page("overview.html", overview=await self.dashboard.overview())
+        minutes = self.config.critical_ack_seconds / 60
+        after = f"{minutes:g} minute{'s' if minutes != 1 else ''}"
+        self.render_page(
+            "overview.html", overview=await self.dashboard.overview(), ack_minutes=after
+        )
 
 
 class ConnectionsHandler(PageHandler):
     @web.authenticated
     async def get(self) -> None:
         """Who is connected to this node; the staff socket keeps the list live."""
-        query = self.form(schemas.ConnectionsQuery())
+        query = self.form(forms.ConnectionsQuery())
         listing = self.dashboard.live.connections(query.get("user", ""))
         self.render_page("connections.html", listing=listing, user=query.get("user", ""))
 
@@ -99,8 +102,8 @@ class ComposeHandler(PageHandler):
         """Validate with the API's schemas, send, and show the outcome."""
         values = {**COMPOSE_DEFAULTS, **self.raw_form()}
         try:
-            form = self.form(schemas.ComposeForm())
-            outcome = await compose.send(self.services, form, self.actor)
+            form = self.form(forms.ComposeForm())
+            outcome = await compose.send(self.dashboard, form, self.actor)
         except ValidationFailed as exc:
             return self.render_page(
                 "compose.html", 400, values=values, errors=exc.fields, outcome=None
@@ -115,7 +118,7 @@ class HistoryHandler(PageHandler):
         """Notifications with filters, their delivery and read state, and paging."""
         values = self.raw_form()
         try:
-            query = self.form(schemas.HistoryQuery())
+            query = self.form(forms.HistoryQuery())
         except ValidationFailed as exc:
             page = {"items": [], "next": None}
             return self.render_page(
@@ -127,6 +130,14 @@ class HistoryHandler(PageHandler):
             kept = {k: v for k, v in values.items() if k != "before" and v}
             older = "/dashboard/history?" + urlencode({**kept, "before": page["next"]})
         self.render_page("history.html", values=values, errors={}, page=page, older=older)
+
+
+class NotificationPage(PageHandler):
+    @web.authenticated
+    async def get(self, notification_id: str) -> None:
+        """One notification (or a scheduled one) with its timeline (CONTRACT §8)."""
+        detail = await self.dashboard.notification(notification_id)
+        self.render_page("notification.html", detail=detail)
 
 
 class CancelHandler(PageHandler):
@@ -143,6 +154,23 @@ class CancelHandler(PageHandler):
         self.redirect("/dashboard/history?status=scheduled")
 
 
+class AcknowledgeHandler(PageHandler):
+    @web.authenticated
+    async def post(self, notification_id: str) -> None:
+        """Acknowledge a notification on its user's behalf, with a note (audited)."""
+        try:
+            form = self.form(forms.AcknowledgeForm())
+            await self.dashboard.acknowledge(notification_id, self.actor, form["note"])
+        except ValidationFailed as exc:
+            self.flash("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.fields.items()))
+            form = {"next": "/dashboard"}
+        except (NotFound, Conflict) as exc:
+            self.flash(exc.message)
+        else:
+            self.flash("Acknowledged on the user's behalf.")
+        self.redirect(form["next"])
+
+
 class TestClientHandler(PageHandler):
     @web.authenticated
     async def get(self) -> None:
@@ -156,7 +184,7 @@ class TestTokenHandler(PageHandler):
         """Mint a short-lived connection token for the test client page (JSON)."""
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         try:
-            req = self.form(schemas.TestTokenIn())
+            req = self.form(forms.TestTokenIn())
             allowed = test_client_roles(self.staff["role"])
             if not set(req["roles"]) <= allowed:
                 await self.services.audit.record(
@@ -184,7 +212,7 @@ class AccountHandler(PageHandler):
     async def post(self) -> None:
         """Change one's own password; every session (this one too) ends."""
         try:
-            form = self.form(schemas.PasswordChangeIn())
+            form = self.form(forms.PasswordChangeIn())
             await self.dashboard.staff.change_password(
                 self.staff["_id"], form["current"], form["new"]
             )
@@ -203,7 +231,9 @@ default_handlers = [
     (r"/dashboard/connections", ConnectionsHandler),
     (r"/dashboard/compose", ComposeHandler),
     (r"/dashboard/history", HistoryHandler),
+    (rf"/dashboard/history/{ID}", NotificationPage),
     (rf"/dashboard/history/{ID}/cancel", CancelHandler),
+    (rf"/dashboard/notifications/{ID}/acknowledge", AcknowledgeHandler),
     (r"/dashboard/test-client", TestClientHandler),
     (r"/dashboard/test-client/token", TestTokenHandler),
     (r"/dashboard/account", AccountHandler),

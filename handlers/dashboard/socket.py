@@ -19,10 +19,10 @@ from tornado import websocket
 from tornado.ioloop import PeriodicCallback
 
 from handlers.dashboard.base import SESSION_COOKIE
-from server.app import schemas
 from server.app.errors import envelope
 from server.app.node import Node
 from server.auth import origins
+from server.dashboard import forms
 
 log = logging.getLogger("notify.dashboard")
 
@@ -80,7 +80,7 @@ class DashboardSocket(websocket.WebSocketHandler):
     def on_message(self, message: str | bytes) -> None:
         """The one client frame: a filter for the connection list."""
         try:
-            frame = schemas.load_dashboard_frame(message)
+            frame = forms.load_dashboard_frame(message)
         except ValidationError as err:
             return self.send_json(
                 {

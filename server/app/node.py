@@ -13,8 +13,10 @@ import pymongo
 from pymongo import AsyncMongoClient
 from pymongo.errors import ConnectionFailure, OperationFailure
 
+from server.app import logs
 from server.app.audit import Audit
 from server.app.errors import StorageUnavailable
+from server.app.idempotency import Idempotency
 from server.app.secret_files import local_secret
 from server.app.store import Store, connect
 from server.app.timeutil import utcnow
@@ -25,11 +27,13 @@ from server.delivery.bus import Bus
 from server.delivery.hub import Hub
 from server.delivery.presence import ClusterPresence
 from server.delivery.protocol import ConnectionProtocol
+from server.escalation.service import Escalation
 from server.feed.notifications import Notifications
 from server.feed.scheduler import ScheduledStore, Scheduler
 from server.feed.sequencer import Sequencer
 from server.feed.timeline import Timeline
 from server.push.service import PushService
+from server.webhooks.service import Webhooks
 from settings import Settings
 
 log = logging.getLogger("notify.node")
@@ -68,6 +72,11 @@ class Node:
     limits: RateLimits | None = None
     protocol: ConnectionProtocol | None = None
     push: PushService | None = None
+    escalation: Escalation | None = None
+    webhooks: Webhooks | None = None
+    idempotency: Idempotency | None = None
+    # The key of user-id pseudonyms in log lines; None writes user ids as they are.
+    log_key: bytes | None = None
 
     @classmethod
     def build(cls, settings: Settings, uri: str, watch: bool = True) -> Node:
@@ -99,7 +108,6 @@ class Node:
             bus.publish_event,
             node_id,
             settings.replay_limit,
-            settings.retention_days,
             Timeline(store.db, settings.retention_days),
         )
         tokens = Tokens(
@@ -124,10 +132,20 @@ class Node:
         PushService.subject(settings)  # a missing subject stops the start, not the first push
         push = PushService(settings, store.db, notifications, scheduler)
         notifications.planners.append(push.plan)
+        escalation = Escalation(store, notifications, scheduler, bus, hub)
+        escalation.wire()
         protocol = ConnectionProtocol(
-            hub, notifications, store, tokens, audit, limits, settings.storage_timeout
+            hub,
+            notifications,
+            store,
+            tokens,
+            audit,
+            limits,
+            settings.storage_timeout,
+            acknowledgements=escalation.acks,
         )
-        return cls(
+        webhooks = Webhooks(store.db, store, notifications.timeline, scheduler, settings)
+        node = cls(
             settings,
             client,
             store,
@@ -144,10 +162,17 @@ class Node:
             limits=limits,
             protocol=protocol,
             push=push,
+            escalation=escalation,
+            webhooks=webhooks,
+            idempotency=Idempotency(store.db, settings.idempotency_in_flight_seconds),
+            log_key=None if settings.log_user_ids else logs.pseudonym_key(token_secret(settings)),
         )
+        # Pushing the original again is the push service's, once the node has one.
+        escalation.push = lambda: getattr(node, "push", None)
+        return node
 
     async def start(self) -> None:
-        """Create indexes, find the feed's position, start the writer and the bus."""
+        """Create indexes, find the feed's highest seq, start the writer and the bus."""
         await self._create_indexes()
         self.audit.start()
         self.hub.seq = await self.store.high_seq()
@@ -157,9 +182,20 @@ class Node:
             if self.push is not None:
                 await self.push.start()  # registers its kinds before the queue runs
             self.scheduler.start()
+        self.webhooks.start()
         self.bus.start()
         await self.cluster.start(self.started_at)
-        self.dashboard = Dashboard(self)
+        self.dashboard = Dashboard(
+            self.settings,
+            self.store.db,
+            self.hub,
+            self.notifications,
+            self.audit,
+            self.limits,
+            self.stats,
+            self.presence,
+            self.escalation.acks,
+        )
         await self.dashboard.start()
 
     async def _create_indexes(self) -> None:
@@ -170,6 +206,8 @@ class Node:
                 await self.audit.create_indexes()
                 await self.cluster.create_indexes()
                 await self.notifications.timeline.create_indexes()
+                await self.webhooks.create_indexes()
+                await self.idempotency.create_indexes()
                 return
             except (ConnectionFailure, OperationFailure) as exc:
                 code = getattr(exc, "code", None)
@@ -202,6 +240,7 @@ class Node:
         await self.bus.stop()
         if self.scheduler is not None:
             await self.scheduler.stop()
+        await self.webhooks.stop()  # after the queue: it claims no attempt from now on
         if self.push is not None:
             self.push.stop()
         await self.sequencer.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import itertools
 import json
 import math
 import re
@@ -26,6 +27,8 @@ from marshmallow import (
 from server.app.errors import ValidationFailed
 from server.app.timeutil import iso
 from server.feed.timeline import EVENTS as TIMELINE_EVENTS
+from server.webhooks.deliveries import STATUSES as DELIVERY_STATUSES
+from server.webhooks.events import EVENT_TYPES as WEBHOOK_EVENTS
 
 TYPES = ("appointment", "lab_result", "ai_analysis", "system_alert", "custom")
 PRIORITIES = ("low", "normal", "high", "critical")
@@ -34,6 +37,9 @@ SCOPES = ("notify", "broadcast", "tokens", "read", "admin")
 MAX_RECIPIENTS = 1000
 MAX_DATA_BYTES = {"custom": 16384, "system_alert": 4096}
 MAX_DATA_DEPTH = 8
+MAX_ESCALATION_STEPS = 5
+MAX_ESCALATION_USERS = 100
+MAX_NOTE = 1000
 INT64 = 2**63  # BSON's largest integers: a bigger one cannot be stored
 # Times a client may give: Python's datetime overflows near years 1 and 9999.
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
@@ -61,6 +67,15 @@ def Id(**kw: Any) -> fields.String:
 def Role(**kw: Any) -> fields.String:
     """A role name such as ``patient`` or ``staff``."""
     return fields.String(validate=validate.Regexp(ROLE_PATTERN, error="not a valid role"), **kw)
+
+
+class JsonBool(fields.Boolean):
+    """A JSON ``true`` or ``false``, nothing else (not 1, "yes" or "true")."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> bool:
+        if type(value) is not bool:
+            raise self.make_error("invalid")
+        return value
 
 
 class Strict(Schema):
@@ -192,6 +207,35 @@ class _Content(Strict):
         return item
 
 
+class EscalationStep(Strict):
+    """One step of an escalation ladder (CONTRACT §8): when, and to whom."""
+
+    after_seconds = fields.Integer(
+        required=True, strict=True, validate=validate.Range(1, 366 * 86400)
+    )
+    to_role = fields.String(
+        validate=[
+            validate.Regexp(ROLE_PATTERN, error="not a valid role"),
+            validate.NoneOf(["all"], error="a role: everyone is not an escalation target"),
+        ]
+    )
+    to_user_ids = fields.List(
+        Id(),
+        validate=validate.Length(1, MAX_ESCALATION_USERS, error="between 1 and 100 ids"),
+    )
+
+    @validates_schema
+    def _one_target(self, item: dict, **_: Any) -> None:
+        if ("to_role" in item) == ("to_user_ids" in item):
+            raise ValidationError("give exactly one of to_role or to_user_ids", "to_role")
+
+    @post_load
+    def _unique(self, item: dict, **_: Any) -> dict:
+        if "to_user_ids" in item:
+            item["to_user_ids"] = list(dict.fromkeys(item["to_user_ids"]))
+        return item
+
+
 class NotificationIn(_Content):
     """``POST /v1/notifications``: one user (``user_id``) or many (``user_ids``)."""
 
@@ -200,11 +244,38 @@ class NotificationIn(_Content):
     user_ids = fields.List(
         Id(), validate=validate.Length(1, MAX_RECIPIENTS, error="between 1 and 1000 ids")
     )
+    ack_required = JsonBool()
+    escalation = fields.List(
+        fields.Nested(EscalationStep),
+        allow_none=True,
+        load_default=None,
+        validate=validate.Length(1, MAX_ESCALATION_STEPS, error="between 1 and 5 steps"),
+    )
 
     @validates_schema
     def _recipients(self, item: dict, **_: Any) -> None:
         if ("user_id" in item) == ("user_ids" in item):
             raise ValidationError("give exactly one of user_id or user_ids", "user_id")
+
+    @validates_schema(skip_on_field_errors=True)
+    def _ladder_order(self, item: dict, **_: Any) -> None:
+        steps = item.get("escalation") or []
+        for level, (before, step) in enumerate(itertools.pairwise(steps), start=1):
+            if step["after_seconds"] <= before["after_seconds"]:
+                message = "must be greater than the step before's"
+                raise ValidationError({"escalation": {level: {"after_seconds": [message]}}})
+
+    @validates_schema(skip_on_field_errors=True)
+    def _acknowledgement(self, item: dict, **_: Any) -> None:
+        # A ladder climbs until someone acknowledges: without acknowledgement it has no end.
+        if item.get("escalation") and item.get("ack_required") is False:
+            raise ValidationError("an escalation ladder needs ack_required", "ack_required")
+
+    @post_load
+    def _ack_default(self, item: dict, **_: Any) -> dict:
+        if "ack_required" not in item:
+            item["ack_required"] = item["priority"] == "critical" or bool(item["escalation"])
+        return item
 
 
 class BroadcastIn(_Content):
@@ -283,6 +354,27 @@ class ApiKeyIn(Strict):
     )
 
 
+class WebhookIn(Strict):
+    """``POST /v1/webhooks``: where to send which events (the URL is checked by the service)."""
+
+    url = fields.String(required=True, validate=validate.Length(1, 2048))
+    events = fields.List(
+        fields.String(validate=validate.OneOf(WEBHOOK_EVENTS)),
+        required=True,
+        validate=validate.Length(1, 50),
+    )
+    description = fields.String(
+        allow_none=True, load_default=None, validate=validate.Length(0, 500)
+    )
+
+
+class DeliveriesQuery(Strict):
+    """Query of ``GET /v1/webhooks/{id}/deliveries``."""
+
+    status = fields.String(validate=validate.OneOf(DELIVERY_STATUSES))
+    limit = fields.Integer(load_default=100, validate=validate.Range(1, 500))
+
+
 # Client frames on the socket: one schema per frame type.
 class AckFrame(Strict):
     type = fields.Constant("ack")
@@ -291,6 +383,17 @@ class AckFrame(Strict):
 
 class ReadFrame(Strict):
     type = fields.Constant("read")
+    id = Id(required=True)
+
+
+class AcknowledgeIn(Strict):
+    """``POST /v1/users/{user_id}/notifications/{id}/acknowledge``: an optional note."""
+
+    note = fields.String(allow_none=True, load_default=None, validate=validate.Length(0, MAX_NOTE))
+
+
+class AcknowledgeFrame(AcknowledgeIn):
+    type = fields.Constant("acknowledge")
     id = Id(required=True)
 
 
@@ -306,6 +409,7 @@ class AuthFrame(Strict):
 FRAME_SCHEMAS: dict[str, Schema] = {
     "ack": AckFrame(),
     "read": ReadFrame(),
+    "acknowledge": AcknowledgeFrame(),
     "read_all": BareFrame(),
     "ping": BareFrame(),
     "auth": AuthFrame(),
@@ -512,6 +616,21 @@ class NotificationOut(Out):
     delivered_at = fields.DateTime(required=True, allow_none=True)
     read_at = fields.DateTime(required=True, allow_none=True)
     cursor = fields.String(required=True, allow_none=True, validate=validate.Regexp(CURSOR_PATTERN))
+    ack_required = fields.Boolean(
+        required=True, metadata={"description": "a person must acknowledge it (CONTRACT §8)"}
+    )
+    acknowledged_at = fields.DateTime(required=True, allow_none=True)
+    acknowledged_by = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "the user id, key:<key name> or staff:<username>"},
+    )
+    escalation = fields.List(
+        fields.Nested(EscalationStep),
+        required=True,
+        allow_none=True,
+        metadata={"description": "the escalation ladder, or null"},
+    )
 
 
 class TimelineEventOut(Out):
@@ -638,155 +757,49 @@ class PreferencesOut(Out):
     quiet_hours = fields.Nested(QuietHoursOut, required=True, allow_none=True)
 
 
-# ---- The staff dashboard: its forms and its socket's frames -------------------------------
+class WebhookOut(Out):
+    """A webhook endpoint; ``secret`` only in the answer that created it."""
 
-STAFF_ROLES = ("admin", "staff")
-USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{1,31}$"
-PASSWORD_MIN, PASSWORD_MAX = 10, 256
-OBJECT_ID_PATTERN = r"^[0-9a-f]{24}$"
-AUDIT_PAGE_PATTERN = r"^[0-9]{1,15}\.[0-9a-f]{24}$"  # audit.page_key: <at_ms>.<_id>
-LOCAL_PATH_PATTERN = r"^/dashboard(?:[/?][A-Za-z0-9/_.~%&=+,:@?\-]*)?$"
-COMPOSE_TARGETS = ("user", "users", "role", "all")
-HISTORY_STATUSES = ("read", "unread", "delivered", "undelivered", "scheduled")
-
-
-def Username(**kw: Any) -> fields.String:
-    """A staff username: 2 to 32 letters, digits, dots, dashes, underscores (kept lower case)."""
-    error = "2 to 32 of a-z, 0-9, dot, dash, underscore, starting with a letter or digit"
-    return fields.String(validate=validate.Regexp(USERNAME_PATTERN, error=error), **kw)
-
-
-def Password(**kw: Any) -> fields.String:
-    """A new staff password."""
-    error = f"between {PASSWORD_MIN} and {PASSWORD_MAX} characters"
-    return fields.String(validate=validate.Length(PASSWORD_MIN, PASSWORD_MAX, error=error), **kw)
-
-
-class LoginIn(Strict):
-    """The dashboard's login form."""
-
-    username = fields.String(required=True, validate=validate.Length(1, 64))
-    password = fields.String(required=True, validate=validate.Length(1, PASSWORD_MAX))
-    next = fields.String(
-        load_default="/dashboard",
-        validate=validate.Regexp(LOCAL_PATH_PATTERN, error="not a dashboard page"),
+    id = fields.String(required=True)
+    url = fields.String(required=True)
+    events = fields.List(fields.String(validate=validate.OneOf(WEBHOOK_EVENTS)), required=True)
+    description = fields.String(required=True, allow_none=True)
+    created_at = fields.DateTime(required=True)
+    secret = fields.String(
+        validate=validate.Regexp(r"^whsec_[A-Za-z0-9+/=]{32,}$"),
+        metadata={"description": "whsec_ and base64: shown once, when created"},
     )
 
 
-class StaffIn(Strict):
-    """A new staff account (dashboard form or ``run.py create-staff``)."""
+class WebhookListOut(Out):
+    """Every webhook endpoint, without secrets."""
 
-    username = Username(required=True)
-    password = Password(required=True)
-    role = fields.String(required=True, validate=validate.OneOf(STAFF_ROLES))
-
-    @post_load
-    def _lower(self, item: dict, **_: Any) -> dict:
-        item["username"] = item["username"].lower()
-        return item
+    items = fields.List(fields.Nested(WebhookOut), required=True)
 
 
-class StaffChangeIn(Strict):
-    """An admin's change to a staff account."""
+class DeliveryOut(Out):
+    """One event sent to one endpoint, with its attempts so far."""
 
-    action = fields.String(required=True, validate=validate.OneOf(("role", "disable", "enable")))
-    role = fields.String(validate=validate.OneOf(STAFF_ROLES))
-
-    @validates_schema
-    def _role_given(self, item: dict, **_: Any) -> None:
-        if item.get("action") == "role" and "role" not in item:
-            raise ValidationError({"role": ["choose a role"]})
-
-
-class PasswordChangeIn(Strict):
-    """A staff member's change of their own password."""
-
-    current = fields.String(required=True, validate=validate.Length(1, PASSWORD_MAX))
-    new = Password(required=True)
-    confirm = fields.String(required=True, validate=validate.Length(1, PASSWORD_MAX))
-
-    @validates_schema(skip_on_field_errors=True)
-    def _confirmed(self, item: dict, **_: Any) -> None:
-        if item["new"] != item["confirm"]:
-            raise ValidationError({"confirm": ["does not match the new password"]})
+    id = fields.String(required=True)
+    webhook_id = fields.String(
+        required=True, metadata={"description": "the webhook-id header, the same on every retry"}
+    )
+    type = fields.String(required=True, validate=validate.OneOf(WEBHOOK_EVENTS))
+    notification_id = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(DELIVERY_STATUSES))
+    attempts = fields.Integer(required=True, validate=validate.Range(min=0))
+    last_status = fields.Integer(required=True, allow_none=True)
+    next_attempt_at = fields.DateTime(required=True, allow_none=True)
+    created_at = fields.DateTime()
 
 
-class ComposeForm(Strict):
-    """The compose form as typed; ``server.dashboard.compose`` turns it into a NotificationIn or
-    BroadcastIn payload, which the API's own schemas then validate."""
+class DeliveryListOut(Out):
+    """An endpoint's deliveries, newest first."""
 
-    target = fields.String(required=True, validate=validate.OneOf(COMPOSE_TARGETS))
-    user_id = fields.String(load_default="", validate=validate.Length(0, 200))
-    user_ids = fields.String(load_default="", validate=validate.Length(0, 200_000))
-    role = fields.String(load_default="", validate=validate.Length(0, 100))
-    type = fields.String(load_default="", validate=validate.Length(0, 50))
-    priority = fields.String(load_default="", validate=validate.Length(0, 50))
-    title = fields.String(load_default="", validate=validate.Length(0, 1000))
-    message = fields.String(load_default="", validate=validate.Length(0, 20_000))
-    data = fields.String(load_default="", validate=validate.Length(0, 40_000))
-    deliver_at = fields.String(load_default="", validate=validate.Length(0, 40))
-    expires_at = fields.String(load_default="", validate=validate.Length(0, 40))
-    # The browser's offset from UTC in minutes, as JavaScript's getTimezoneOffset() gives it.
-    tz_offset = fields.Integer(load_default=0, validate=validate.Range(-900, 900))
+    items = fields.List(fields.Nested(DeliveryOut), required=True)
 
 
-class HistoryQuery(Strict):
-    """Filters and paging of the dashboard's notification history."""
+class DeletedOut(Out):
+    """What was deleted."""
 
-    user = Id()
-    type = fields.String(validate=validate.OneOf(TYPES))
-    priority = fields.String(validate=validate.OneOf(PRIORITIES))
-    status = fields.String(validate=validate.OneOf(HISTORY_STATUSES))
-    kind = fields.String(validate=validate.OneOf(("personal", "broadcast")))
-    since = fields.Date()
-    until = fields.Date()
-    before = fields.String(validate=validate.Regexp(OBJECT_ID_PATTERN, error="not a page"))
-
-    @validates_schema(skip_on_field_errors=True)
-    def _dates(self, item: dict, **_: Any) -> None:
-        if item.get("since") and item.get("until") and item["until"] < item["since"]:
-            raise ValidationError({"until": ["must not be before the start date"]})
-
-
-class AuditQuery(Strict):
-    """Filters and paging of the audit page (and its CSV export)."""
-
-    actor = fields.String(validate=validate.Length(1, 200))
-    action = fields.String(validate=validate.Regexp(r"^[a-z0-9_.\-]{1,64}$", error="not an action"))
-    before = fields.String(validate=validate.Regexp(AUDIT_PAGE_PATTERN, error="not a page"))
-
-
-class ConnectionsQuery(Strict):
-    """The live connection list's filter: user ids starting with ``user``."""
-
-    user = fields.String(validate=validate.Length(1, 128))
-
-
-class TestTokenIn(Strict):
-    """The test client page's request for a short-lived connection token."""
-
-    user_id = Id(required=True)
-    roles = fields.String(load_default="patient", validate=validate.Length(0, 400))
-
-    @post_load
-    def _split(self, item: dict, **_: Any) -> dict:
-        roles = [r.strip() for r in item["roles"].split(",") if r.strip()]
-        if len(roles) > 20 or not all(re.match(ROLE_PATTERN, r) for r in roles):
-            raise ValidationError({"roles": ["up to 20 comma-separated roles like patient"]})
-        item["roles"] = list(dict.fromkeys(roles))
-        return item
-
-
-class DashboardFilterFrame(Strict):
-    """The staff socket's one client frame: which users the connection list shows."""
-
-    type = fields.Constant("filter")
-    user = fields.String(load_default="", validate=validate.Length(0, 128))
-
-
-def load_dashboard_frame(raw: str | bytes) -> dict:
-    """Parse and validate a frame from the staff socket."""
-    frame = frame_object(raw)
-    if frame.get("type") != "filter":
-        raise ValidationError({"type": ["must be filter"]})
-    return DashboardFilterFrame().load(frame)
+    id = fields.String(required=True)

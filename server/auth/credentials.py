@@ -196,6 +196,10 @@ class ApiKeys:
             "api_key", record["_id"], scopes=frozenset(record["scopes"]), name=record["name"]
         )
 
+    async def listing(self) -> list[dict]:
+        """Every key's record (never the key itself: only its hash is stored)."""
+        return await self.store.list_api_keys()
+
     async def rotate(self, key_id: str, grace_seconds: float | None = None) -> tuple[str, dict]:
         """A new key with the old one's name and scopes, for a rotation without downtime.
 
@@ -231,10 +235,3 @@ class ApiKeys:
     def forget(self) -> None:
         """Drop cached lookups (after a revocation on this node)."""
         self._cache.clear()
-
-
-def token_ttl_left(principal: Principal) -> timedelta | None:
-    """How long a token principal stays valid."""
-    if principal.expires_at is None:
-        return None
-    return principal.expires_at - utcnow()

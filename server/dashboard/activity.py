@@ -29,8 +29,7 @@ from server.app.metrics import METRICS
 from server.app.timeutil import iso
 
 if TYPE_CHECKING:
-    from server.app.node import Node
-    from server.delivery.hub import Subscription
+    from server.delivery.hub import Hub, Subscription
 
 log = logging.getLogger("notify.activity")
 
@@ -60,8 +59,8 @@ def delivered_total() -> float:
 class Activity:
     """Samples a node's figures every ``interval`` seconds and keeps the last hour."""
 
-    def __init__(self, node: Node, interval: float = 5.0, clock: Callable[[], float] = time.time):
-        self.node = node
+    def __init__(self, hub: Hub, interval: float = 5.0, clock: Callable[[], float] = time.time):
+        self.hub = hub
         self.interval = interval
         self.clock = clock
         self.samples: deque[Sample] = deque(maxlen=int(HOUR / interval) + 2)
@@ -86,7 +85,7 @@ class Activity:
 
     def sample(self) -> Sample:
         """The figures now (not stored)."""
-        hub = self.node.hub
+        hub = self.hub
         local = hub.stats()
         return Sample(
             self.clock(), local["connections"], local["users"], hub.seq, delivered_total()
@@ -151,8 +150,8 @@ class Watcher(Protocol):
 class LiveFeed:
     """Pushes the overview and the connection list to every open staff socket."""
 
-    def __init__(self, node: Node, overview: Callable[[], Any], interval: float = 1.0):
-        self.node = node
+    def __init__(self, hub: Hub, overview: Callable[[], Any], interval: float = 1.0):
+        self.hub = hub
         self.overview = overview
         self.interval = interval
         self.watchers: set[Watcher] = set()
@@ -208,7 +207,7 @@ class LiveFeed:
 
     def connections(self, prefix: str = "") -> dict[str, Any]:
         """The newest connections on this node (of users whose id starts with ``prefix``)."""
-        hub = self.node.hub
+        hub = self.hub
         if prefix:
             subs = [
                 s for uid, group in hub.by_user.items() if uid.startswith(prefix) for s in group
@@ -233,6 +232,7 @@ def connection_row(sub: Subscription) -> dict[str, Any]:
         "roles": list(sub.roles),
         "user_agent": sub.user_agent,
         "ip": sub.ip,
+        "transport": getattr(sub.conn, "transport", "websocket"),
         "since": iso(sub.connected_at),
         "last_active": iso(sub.last_active or sub.connected_at),
     }

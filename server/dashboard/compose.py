@@ -17,7 +17,7 @@ from server.app.errors import ValidationFailed
 from server.app.timeutil import iso, utcnow
 
 if TYPE_CHECKING:
-    from server.app.node import Node
+    from server.dashboard.service import Dashboard
 
 SEPARATORS = re.compile(r"[\s,;]+")
 LOCAL_TIME_FORMATS = ("%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M")
@@ -140,31 +140,31 @@ def validate(form: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return kind, request
 
 
-async def send(node: Node, form: dict[str, Any], actor: str) -> Outcome:
+async def send(dashboard: Dashboard, form: dict[str, Any], actor: str) -> Outcome:
     """Validate, store and deliver what the compose form says; returns the outcome."""
     kind, request = validate(form)
     scheduled = request.get("deliver_at") is not None and request["deliver_at"] > utcnow()
     if kind == "notification":
-        stored = await node.notifications.create(request)
+        stored = await dashboard.notifications.create(request)
         recipients = [d["user_id"] for d in stored]
         outcome = Outcome(kind, [d["id"] for d in stored], stored[0]["title"])
         outcome.recipients = len(recipients)
         if not scheduled:
-            presence = await node.presence(recipients)
+            presence = await dashboard.presence(recipients)
             online = [p for p in presence.values() if p["online"]]
             outcome.users = len(online)
             outcome.devices = sum(p["connections"] for p in online)
             outcome.offline = len(recipients) - len(online)
         target = recipients[0] if len(recipients) == 1 else f"{len(recipients)} users"
     else:
-        stored = [await node.notifications.broadcast(request)]
+        stored = [await dashboard.notifications.broadcast(request)]
         outcome = Outcome(kind, [stored[0]["id"]], stored[0]["title"])
         outcome.audience = target = request["audience"]
         if not scheduled:
-            await _broadcast_reach(node, stored[0], outcome)
+            await _broadcast_reach(dashboard, stored[0], outcome)
     if scheduled:
         outcome.scheduled_for = iso(request["deliver_at"])
-    await node.audit.record(
+    await dashboard.audit.record(
         actor,
         f"{kind}.send",
         target,
@@ -177,13 +177,13 @@ async def send(node: Node, form: dict[str, Any], actor: str) -> Outcome:
     return outcome
 
 
-async def _broadcast_reach(node: Node, doc: dict, outcome: Outcome) -> None:
+async def _broadcast_reach(dashboard: Dashboard, doc: dict, outcome: Outcome) -> None:
     """Who a broadcast reached live, and the users seen before with its audience who are
     not online now (they see it in their feed when they connect)."""
-    devices, online = node.hub.reach(doc)
+    devices, online = dashboard.hub.reach(doc)
     users = len(online)
-    known = await node.dashboard.store.known_users(doc["audience"]) | online
-    stats = await node.stats()
+    known = await dashboard.store.known_users(doc["audience"]) | online
+    stats = await dashboard.stats()
     if doc["audience"] == "all":  # the cluster's totals are exactly everyone's sockets
         devices = max(devices, stats["connected_clients"])
         users = max(users, stats["connected_users"])

@@ -10,20 +10,24 @@ import csv
 import io
 import json
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from datetime import time as clock_time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from server.app.audit import page_key
+from pymongo.asynchronous.database import AsyncDatabase
+
+from server.app.audit import Audit, page_key
 from server.app.timeutil import iso, utcnow
 from server.auth.ratelimit import RateLimits
 from server.dashboard.activity import Activity, LiveFeed
 from server.dashboard.staff import StaffAccounts
 from server.dashboard.staff_store import StaffStore
+from server.delivery.hub import Hub
+from server.escalation.ack import Acknowledgements
+from server.feed.notifications import Notifications
 from server.feed.render import public
-
-if TYPE_CHECKING:
-    from server.app.node import Node
+from settings import Settings
 
 HISTORY_PAGE = 50
 AUDIT_PAGE = 100
@@ -34,26 +38,40 @@ CRITICAL_EVERY = 5.0  # seconds the overview reuses its list of unacknowledged c
 class Dashboard:
     """One node's dashboard services."""
 
-    def __init__(self, node: Node):
-        settings = node.settings
-        self.node = node
-        self.store = StaffStore(node.store.db)
-        limits = getattr(node, "limits", None) or RateLimits(settings)
-        self.staff = StaffAccounts(self.store, node.audit, limits, settings.staff_session_hours)
-        self.activity = Activity(node)
-        self.live = LiveFeed(node, self.overview)
+    def __init__(
+        self,
+        settings: Settings,
+        db: AsyncDatabase,
+        hub: Hub,
+        notifications: Notifications,
+        audit: Audit,
+        limits: RateLimits,
+        stats: Callable[[], Awaitable[dict]],
+        presence: Callable[[list[str]], Awaitable[dict[str, dict]]],
+        acknowledgements: Acknowledgements,
+    ):
+        self.acknowledgements = acknowledgements  # staff acknowledge on a user's behalf
+        self.hub = hub
+        self.notifications = notifications
+        self.audit = audit
+        self.stats = stats  # the cluster's figures (every node's, from MongoDB)
+        self.presence = presence
+        self.store = StaffStore(db)
+        self.staff = StaffAccounts(self.store, audit, limits, settings.staff_session_hours)
+        self.activity = Activity(hub)
+        self.live = LiveFeed(hub, self.overview)
         self._critical: tuple[float, list[dict]] = (0.0, [])
 
     async def start(self) -> None:
         """Indexes, the sampler, and the hub listener that keeps the connection list live."""
         await self.store.create_indexes()
         self.activity.start()
-        self.node.hub.listeners.append(self.live.observe)
+        self.hub.listeners.append(self.live.observe)
 
     async def stop(self) -> None:
         """Stop pushing and sampling."""
-        if self.live.observe in self.node.hub.listeners:
-            self.node.hub.listeners.remove(self.live.observe)
+        if self.live.observe in self.hub.listeners:
+            self.hub.listeners.remove(self.live.observe)
         await self.live.stop()
         await self.activity.stop()
 
@@ -62,7 +80,7 @@ class Dashboard:
     async def overview(self) -> dict[str, Any]:
         """The overview's figures: connections, users, sent and delivered, the hour's chart."""
         now = self.activity.sample()
-        stats = await self.node.stats()
+        stats = await self.stats()
         return {
             "at": iso(utcnow()),
             "connections": stats["connected_clients"],
@@ -77,16 +95,28 @@ class Dashboard:
         }
 
     async def critical(self) -> list[dict]:
-        """Critical notifications no device acknowledged in time (cached for a few seconds)."""
+        """Notifications that need acknowledgement and lack it past the grace period
+        (critical ones by default; cached for a few seconds)."""
         fetched, items = self._critical
         if time.monotonic() - fetched > CRITICAL_EVERY:
-            found = await self.node.notifications.unacknowledged_critical(limit=50)
-            items = [
-                {k: d[k] for k in ("id", "user_id", "title", "created_at", "deliver_at")}
-                for d in found
-            ]
+            found = await self.notifications.unacknowledged(limit=50)
+            keys = ("id", "user_id", "title", "priority", "created_at", "deliver_at")
+            items = [{k: d[k] for k in keys} for d in found]
             self._critical = (time.monotonic(), items)
         return items
+
+    async def notification(self, notification_id: str) -> dict[str, Any]:
+        """One notification with its timeline, for its page (history links to it)."""
+        return await self.notifications.detail(notification_id)
+
+    async def acknowledge(self, notification_id: str, actor: str, note: str | None) -> dict:
+        """A staff member acknowledges on the user's behalf; on the audit log with the note."""
+        doc = await self.acknowledgements.acknowledge(notification_id, actor, note)
+        await self.audit.record(
+            actor, "notification.acknowledge", notification_id, user_id=doc["user_id"], note=note
+        )
+        self._critical = (0.0, [])  # the overview shows it gone at once
+        return doc
 
     # ---- history -----------------------------------------------------------------------
 
@@ -111,7 +141,7 @@ class Dashboard:
 
     async def audit_page(self, query: dict[str, Any]) -> dict[str, Any]:
         """A page of the audit log, newest first."""
-        entries = await self.node.audit.recent(
+        entries = await self.audit.recent(
             AUDIT_PAGE + 1, query.get("before"), query.get("actor"), query.get("action")
         )
         more = len(entries) > AUDIT_PAGE
@@ -123,7 +153,7 @@ class Dashboard:
 
     async def audit_csv(self, query: dict[str, Any]) -> str:
         """The audit entries matching a filter as CSV (at most AUDIT_EXPORT_MAX, newest first)."""
-        entries = await self.node.audit.recent(
+        entries = await self.audit.recent(
             AUDIT_EXPORT_MAX, query.get("before"), query.get("actor"), query.get("action")
         )
         out = io.StringIO()

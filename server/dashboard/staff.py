@@ -23,10 +23,11 @@ from server.app.errors import Conflict, Forbidden, NotFound, Unauthorized, Valid
 from server.app.secret_files import local_secret
 from server.app.timeutil import utcnow
 from server.auth.ratelimit import RateLimits
+from server.dashboard import forms
 from server.dashboard.staff_store import StaffStore
 from settings import Settings
 
-USERNAME_RE = re.compile(schemas.USERNAME_PATTERN)
+USERNAME_RE = re.compile(forms.USERNAME_PATTERN)
 FIRST_ADMIN = "admin"
 PATIENT_ROLE = "patient"
 FORM_INVALID = "the form is not valid"
@@ -71,7 +72,7 @@ class StaffAccounts:
     async def create(self, username: str, password: str, role: str, actor: str) -> dict:
         """A new enabled account; a taken username is a Conflict."""
         new = {"username": username, "password": password, "role": role}
-        loaded = schemas.load(schemas.StaffIn(), new, FORM_INVALID)
+        loaded = schemas.load(forms.StaffIn(), new, FORM_INVALID)
         username, password, role = loaded["username"], loaded["password"], loaded["role"]
         digest = await asyncio.to_thread(self.hasher.hash, password)
         doc = {
@@ -105,7 +106,7 @@ class StaffAccounts:
 
     async def set_role(self, actor: str, username: str, role: str) -> dict:
         """Change an account's role; the last enabled admin stays an admin."""
-        schemas.load(schemas.StaffChangeIn(), {"action": "role", "role": role}, FORM_INVALID)
+        schemas.load(forms.StaffChangeIn(), {"action": "role", "role": role}, FORM_INVALID)
         username = normalize(username)
         account = await self._existing(username)
         if account["role"] == "admin" and role != "admin":
@@ -144,7 +145,7 @@ class StaffAccounts:
     async def set_password(self, actor: str, username: str, password: str) -> None:
         """Set a password (own change, or a reset from the command line); ends sessions."""
         change = {"current": "-", "new": password, "confirm": password}
-        schemas.load(schemas.PasswordChangeIn(), change, FORM_INVALID)
+        schemas.load(forms.PasswordChangeIn(), change, FORM_INVALID)
         username = normalize(username)
         await self._existing(username)
         digest = await asyncio.to_thread(self.hasher.hash, password)
@@ -206,7 +207,7 @@ class StaffAccounts:
                 self._dummy_hash = await asyncio.to_thread(self.hasher.hash, secrets.token_hex(16))
             digest = self._dummy_hash
             password = password + "\x00never"
-        if len(password) > schemas.PASSWORD_MAX:
+        if len(password) > forms.PASSWORD_MAX:
             return False
         try:
             return await asyncio.to_thread(self.hasher.verify, digest, password)

@@ -7,7 +7,7 @@ than querying per socket (a morning's 5,000 connects would be 10,000 queries mor
 
 Why reuse is exact: the hub dispatches every stored notification and broadcast, from any
 node, once and in seq order. A load taken while the hub dispatched no broadcast therefore
-holds every broadcast up to the hub's position, and anything later reaches a socket live
+holds every broadcast up to the hub's last dispatched seq, and anything later reaches a socket live
 (it subscribed before reading). A newer broadcast makes every load stale, and so does age
 (``max_age``: documents hidden or purged by MongoDB in the meantime). Expiry is applied at
 each read, from ``visible_until``.

@@ -170,7 +170,7 @@ class Hub:
         if len(set(roles)) < len(roles):
             roles = tuple(dict.fromkeys(roles))
         sub = Subscription(conn, user_id, roles, user_agent, ip)
-        # Everything up to here was dispatched before this socket: its starting position.
+        # Everything up to here was dispatched before this socket: its starting seq.
         sub.start_seq = self.seq
         self.everyone.add(sub)
         self._empty.clear()

@@ -33,12 +33,12 @@ from pymongo.errors import DuplicateKeyError
 
 from server.app.errors import Conflict, ValidationFailed
 from server.app.metrics import METRICS
+from server.app.outbound import url_problem
 from server.app.schemas import default_title
 from server.app.store import FOREVER, is_hidden
-from server.app.timeutil import as_datetime, iso, millis, utcnow
+from server.app.timeutil import EPOCH, as_datetime, iso, millis, utcnow
 from server.feed.scheduler import Scheduler
 from server.feed.timeline import Timeline
-from server.push.addresses import url_problem
 from server.push.preferences import Preferences, quiet_until, wants_push
 from server.push.subscriptions import MAX_PER_USER, Subscriptions
 from server.push.subscriptions import public as public_subscription
@@ -60,6 +60,11 @@ SWEEP_FIELDS = {
     "_id": 1, "user_id": 1, "audience": 1, "priority": 1, "critical": 1, "seq": 1,
     "created_at": 1, "deliver_at": 1, "visible_until": 1, "delivered_at": 1,
 }  # fmt: skip
+
+
+def at_ms(ms: int) -> datetime:
+    """An aware UTC datetime from epoch milliseconds."""
+    return EPOCH + timedelta(milliseconds=ms)
 
 
 def sent_at(doc: dict) -> datetime:
@@ -129,7 +134,7 @@ class PushService:
         """Store a device's subscription (validated shape); True if new for this user.
 
         The endpoint's address is checked here only if it is a literal one; a host name is
-        checked when it is resolved for sending (see ``server/push/addresses.py``).
+        checked when it is resolved for sending (see ``server/app/outbound.py``).
         """
         problem = url_problem(sub["endpoint"], self.settings.outbound_allow_private)
         if problem:
@@ -156,8 +161,8 @@ class PushService:
         items = []
         for d in urgent:
             due = max(now_ms, millis(d["deliver_at"])) if d.get("deliver_at") else now_ms
-            items.append((f"push:{d['_id']}", due, {"due": due}, d["_id"]))
-        await self.scheduler.enqueue_many(KIND, items)
+            items.append((KIND, f"push:{d['_id']}", at_ms(due), {"due": due}, d["_id"]))
+        await self.scheduler.enqueue_many(items)
 
     async def push_now(self, doc: dict, reason: str) -> None:
         """Queue an immediate push of this notification, whatever the grace period."""
@@ -186,11 +191,11 @@ class PushService:
             subscribed = await self.subscriptions.subscribed(users) if users else set()
             due = millis(now)
             items = [
-                (f"push:{d['_id']}", due, {"due": due}, d["_id"])
+                (KIND, f"push:{d['_id']}", now, {"due": due}, d["_id"])
                 for d in wanted
                 if d.get("user_id") is None or d["user_id"] in subscribed
             ]
-            await self.scheduler.enqueue_many(KIND, items)
+            await self.scheduler.enqueue_many(items)
             await self.state.update_one({"_id": "sweep"}, {"$max": {"after": ready[-1]["seq"]}})
         pause = 0.0 if len(ready) == PAGE else self.settings.push_sweep_seconds
         return {e["_id"]: millis(now) + int(pause * 1000) for e in entries}
@@ -318,10 +323,10 @@ class PushService:
                 targets.append(sub)
             else:
                 payload = {"due": millis(until), "user_id": sub["user_id"]}
-                later.append((f"{key}:{sub['user_id']}", millis(until), payload, doc["_id"]))
+                later.append((KIND, f"{key}:{sub['user_id']}", until, payload, doc["_id"]))
         if later:
             METRICS.push_deferred.inc(len(later))
-            await self.scheduler.enqueue_many(KIND, later)
+            await self.scheduler.enqueue_many(later)
         return targets
 
     async def _not_done(self, key: str, subs: list[dict]) -> list[dict]:
@@ -337,8 +342,9 @@ class PushService:
         """An entry per device to try again, due at its backoff."""
         items = [
             (
+                KIND,
                 f"{key}:{sub['_id']}",
-                millis(at),
+                at,
                 {"due": millis(at), "subscription_id": sub["_id"], "offset": 1,
                  "user_id": sub["user_id"]},
                 doc["_id"],
@@ -347,7 +353,7 @@ class PushService:
             if at is not None
         ]  # fmt: skip
         if items:
-            await self.scheduler.enqueue_many(KIND, items)
+            await self.scheduler.enqueue_many(items)
 
     async def _deliver(
         self, doc: dict, sub: dict, attempt: int, tkey: str | None, personal: bool

@@ -21,8 +21,8 @@ import http_ece
 from cryptography.hazmat.primitives.asymmetric import ec
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from server.app.outbound import BlockedAddress, PublicResolver
 from server.app.timeutil import utcnow
-from server.push.addresses import AddressRefused, PublicResolver
 from server.push.vapid import Vapid, b64url, unb64url
 
 log = logging.getLogger("notify.push")
@@ -125,7 +125,7 @@ class Sender:
             )
             try:
                 resp = await self.client.fetch(request, raise_error=False)
-            except AddressRefused:
+            except BlockedAddress:
                 return Answer(0, reason="address refused")
             except HTTPClientError as exc:  # 599: timeout or connection closed
                 return Answer(0, reason=f"no answer ({exc.code})")

@@ -1,76 +1,54 @@
-"""The service's REST API as plain Python calls, for the backends that send notifications.
+"""Every operation of the service's REST API, written once for the sync and async clients.
 
-Copy this one file into another codebase: the synchronous client needs only the standard
-library, the asynchronous one Tornado. Both are written once, in ``_Operations``: each call
-builds a ``Call``; ``NotifyApi`` sends it with urllib and ``AsyncNotifyApi`` with Tornado's
-``AsyncHTTPClient``; both read the answer with ``read_answer``. Every failure is a
-``NotifyError`` carrying the contract's error ``code``, the HTTP ``status`` and the per-field
-messages.
-
-    api = NotifyApi("http://127.0.0.1:7556", api_key)
-    api.send_appointment_notification("p-1001", "a-77", "confirmed", starts_at=when)
-
-    api = AsyncNotifyApi("http://127.0.0.1:7556", api_key)
-    await api.send_lab_result_notification("p-1001", "lab-5", test_name="HbA1c")
+Each method builds a ``Call``; ``NotifyClient`` sends it with ``httpx.Client`` and
+``AsyncNotifyClient`` with ``httpx.AsyncClient``; both read the answer with ``read_answer``.
 """
 
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
-from collections.abc import Awaitable, Iterable
+import random
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
-from urllib.parse import quote, urlencode
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any, Generic, TypeVar, Union
+from urllib.parse import quote
 
-__all__ = ["AsyncNotifyApi", "Call", "NotifyApi", "NotifyError"]
+from clinic_notify.errors import NotifyError
 
 T = TypeVar("T")
-Recipients = str | Iterable[str]
-When = datetime | str | None
-
-
-class NotifyError(Exception):
-    """A call failed: ``code`` (the contract's, or ``unreachable``), ``status``, ``fields``."""
-
-    def __init__(
-        self,
-        code: str,
-        message: str,
-        status: int | None = None,
-        fields: dict[str, Any] | None = None,
-        retry_after: float | None = None,
-    ):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
-        self.fields = fields or {}
-        self.retry_after = retry_after
-
-    def __str__(self) -> str:
-        text = f"{self.status or '-'} {self.code}: {self.message}"
-        return f"{text} {json.dumps(self.fields)}" if self.fields else text
+Recipients = Union[str, Iterable[str]]
+When = Union[datetime, str, None]
+RETRY_STATUSES = frozenset({429, 503})
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 @dataclass(frozen=True)
 class Call:
-    """One REST call: method, path, JSON body, query, and which field of ``data`` to return."""
+    """One REST call: method, path, JSON body, query, and which field of ``data`` to return.
+
+    A write carries an ``Idempotency-Key`` (CONTRACT section 10), made once per call and sent
+    again on each of its retries, so a retry after a lost answer stores nothing twice.
+    """
 
     method: str
     path: str
     body: dict[str, Any] | None = None
     query: dict[str, Any] = field(default_factory=dict)
     pick: str | None = None
+    idempotency_key: str = field(default_factory=lambda: uuid.uuid4().hex)
 
-    def url(self, base_url: str) -> str:
-        """The full URL of this call."""
-        query = {k: _query_value(v) for k, v in self.query.items() if v is not None}
-        return base_url + self.path + ("?" + urlencode(query) if query else "")
+    def params(self) -> dict[str, str]:
+        """The query string's values, without the unset ones."""
+        return {k: _query_value(v) for k, v in self.query.items() if v is not None}
 
-    def payload(self) -> bytes | None:
+    def headers(self) -> dict[str, str]:
+        """Headers of this call beyond the client's own."""
+        return {"Idempotency-Key": self.idempotency_key} if self.method in WRITES else {}
+
+    def content(self) -> bytes | None:
         """The request body, if the method carries one."""
         if self.body is not None:
             return json.dumps(self.body).encode()
@@ -94,31 +72,82 @@ def read_answer(call: Call, status: int, body: bytes, retry_after: str | None = 
         str(error.get("message") or f"{call.method} {call.path} answered {status}"),
         status,
         error.get("fields") if isinstance(error.get("fields"), dict) else None,
-        float(retry_after) if retry_after and retry_after.isdigit() else None,
+        parse_retry_after(retry_after),
     )
 
 
-class _Operations(Generic[T]):
-    """Every operation of the REST API, written once; subclasses send the ``Call``."""
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
-    def __init__(self, base_url: str, api_key: str, timeout: float = 10.0):
-        if not api_key:
-            raise ValueError("an API key is required")
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-        self._headers = {
-            "Authorization": f"Bearer {api_key}",
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-        }
 
-    def __repr__(self) -> str:  # never show the key
-        return f"{type(self).__name__}({self.base_url!r})"
+def retry_delay(error: NotifyError, attempt: int, retries: int, max_wait: float) -> float | None:
+    """Seconds to wait before retrying after ``error``, or None when it is not retried.
+
+    429 and 503 are retried, waiting what ``Retry-After`` says (up to ``max_wait``), and so
+    is no answer at all; each with capped, jittered exponential backoff otherwise.
+    """
+    if attempt >= retries:
+        return None
+    if error.status not in RETRY_STATUSES and error.code != "unreachable":
+        return None
+    if error.retry_after is not None:
+        return min(error.retry_after, max_wait)
+    ceiling = min(max_wait, 0.5 * 2**attempt)
+    return ceiling / 2 + random.random() * ceiling / 2
+
+
+class Operations(Generic[T]):
+    """Every operation of the REST API; subclasses send the ``Call``."""
 
     def _send(self, call: Call) -> T:
         raise NotImplementedError
 
     # ---- notifications (scope notify) --------------------------------------------------
+
+    def send(
+        self,
+        user_id: Recipients,
+        type: str,  # the API's name
+        data: dict[str, Any] | None = None,
+        *,
+        title: str | None = None,
+        message: str | None = None,
+        priority: str | None = None,
+        deliver_at: When = None,
+        expires_at: When = None,
+        **fields: Any,
+    ) -> T:
+        """Any notification: ``type`` and its ``data`` (CONTRACT section 2), to one user or a
+        list (one each). ``fields``: further contract fields, e.g. ``ack_required``."""
+        body: dict[str, Any] = {"type": type, "data": data or {}}
+        if isinstance(user_id, str):
+            body["user_id"] = user_id
+        else:
+            body["user_ids"] = list(user_id)
+        body.update(
+            _clean(
+                {
+                    "title": title,
+                    "message": message,
+                    "priority": priority,
+                    "deliver_at": _when(deliver_at),
+                    "expires_at": _when(expires_at),
+                    **fields,
+                }
+            )
+        )
+        return self._send(Call("POST", "/v1/notifications", body))
 
     def send_appointment_notification(
         self,
@@ -206,26 +235,10 @@ class _Operations(Generic[T]):
         deliver_at: When,
         options: dict[str, Any],
     ) -> T:
-        unknown = set(options) - {"title", "priority", "expires_at"}
+        unknown = set(options) - {"title", "priority", "expires_at", "ack_required", "escalation"}
         if unknown:
             raise TypeError(f"unexpected options: {', '.join(sorted(unknown))}")
-        body: dict[str, Any] = {"type": kind, "data": data}
-        if isinstance(user_id, str):
-            body["user_id"] = user_id
-        else:
-            body["user_ids"] = list(user_id)
-        body.update(
-            _clean(
-                {
-                    "message": message,
-                    "title": options.get("title"),
-                    "priority": options.get("priority"),
-                    "deliver_at": _when(deliver_at),
-                    "expires_at": _when(options.get("expires_at")),
-                }
-            )
-        )
-        return self._send(Call("POST", "/v1/notifications", body))
+        return self.send(user_id, kind, data, message=message, deliver_at=deliver_at, **options)
 
     # ---- broadcasts and tokens ---------------------------------------------------------
 
@@ -265,7 +278,7 @@ class _Operations(Generic[T]):
             body["roles"] = list(roles)
         return self._send(Call("POST", "/v1/tokens", body))
 
-    # ---- reading (scope read) ----------------------------------------------------------
+    # ---- reading (scope read, or the user's own token) ---------------------------------
 
     def feed(
         self,
@@ -293,6 +306,11 @@ class _Operations(Generic[T]):
         path = f"/v1/users/{_seg(user_id)}/notifications/read-all"
         return self._send(Call("POST", path, pick="count"))
 
+    def acknowledge(self, user_id: str, notification_id: str, note: str | None = None) -> T:
+        """Acknowledge a notification on the user's behalf (CONTRACT section 8)."""
+        path = f"/v1/users/{_seg(user_id)}/notifications/{_seg(notification_id)}/acknowledge"
+        return self._send(Call("POST", path, _clean({"note": note})))
+
     def presence(self, user_ids: Iterable[str]) -> T:
         """``{user_id: {"online", "connections"}}`` for each user."""
         query = {"user_ids": ",".join(user_ids)}
@@ -303,53 +321,11 @@ class _Operations(Generic[T]):
         return self._send(Call("GET", "/v1/ws/stats"))
 
 
-class NotifyApi(_Operations[Any]):
-    """The REST API over urllib: each method returns the answer's ``data``."""
-
-    def _send(self, call: Call) -> Any:
-        request = urllib.request.Request(  # noqa: S310 - base_url is the integrator's setting
-            call.url(self.base_url), data=call.payload(), headers=self._headers, method=call.method
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
-                return read_answer(call, response.status, response.read())
-        except urllib.error.HTTPError as answer:
-            with answer:
-                body = answer.read()
-            return read_answer(call, answer.code, body, answer.headers.get("Retry-After"))
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise NotifyError("unreachable", f"{self.base_url}: {reason}") from None
-
-
-class AsyncNotifyApi(_Operations[Awaitable[Any]]):
-    """The REST API over Tornado's AsyncHTTPClient: each method is awaited for ``data``."""
-
-    async def _send(self, call: Call) -> Any:
-        from tornado.httpclient import AsyncHTTPClient, HTTPRequest
-
-        request = HTTPRequest(
-            call.url(self.base_url),
-            method=call.method,
-            headers=self._headers,
-            body=call.payload(),
-            request_timeout=self.timeout,
-            connect_timeout=self.timeout,
-        )
-        try:
-            response = await AsyncHTTPClient().fetch(request, raise_error=False)
-        except OSError as exc:
-            raise NotifyError("unreachable", f"{self.base_url}: {exc}") from None
-        if response.code == 599:  # Tornado's code for "no HTTP answer at all"
-            raise NotifyError("unreachable", f"{self.base_url}: {response.error}")
-        return read_answer(call, response.code, response.body, response.headers.get("Retry-After"))
-
-
 def _when(value: When) -> str | None:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise ValueError("give an aware datetime (with a timezone), e.g. datetime.now(UTC)")
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
     return value
 
 
