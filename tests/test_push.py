@@ -18,6 +18,8 @@ import pytest_asyncio
 
 from server.app.outbound import BlockedAddress, PublicResolver, url_problem
 from server.push.preferences import quiet_until
+from server.push.service import PushService
+from settings import Settings
 from tests.conftest import ALL_SCOPES
 from tests.pushservice import PushServer, unb64url
 from tests.support import Api, Socket, serve_node
@@ -493,3 +495,12 @@ async def test_critical_ignores_every_preference(fast, push_server):
     sent = await lab(api, "p-1", priority="critical")
     [push] = await push_server.wait_for(lambda: push_server.to("p-1"))
     assert push.payload["id"] == sent["id"]
+
+
+async def test_the_vapid_subject_is_required_outside_development():
+    with pytest.raises(SystemExit, match="NOTIFY_VAPID_SUBJECT"):
+        PushService.subject(Settings(env="production"))
+    with pytest.raises(SystemExit, match="mailto"):
+        PushService.subject(Settings(vapid_subject="http://clinic.example"))
+    assert PushService.subject(Settings(env="production", vapid_subject="mailto:it@c.example"))
+    assert PushService.subject(Settings()).startswith("mailto:")
