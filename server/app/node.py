@@ -20,6 +20,7 @@ from server.app.idempotency import Idempotency
 from server.app.secret_files import local_secret
 from server.app.store import Store, connect
 from server.app.timeutil import utcnow
+from server.app.user_records import UserRecords
 from server.auth.credentials import ApiKeys, Tokens
 from server.auth.ratelimit import RateLimits
 from server.dashboard.service import Dashboard
@@ -77,6 +78,7 @@ class Node:
     idempotency: Idempotency | None = None
     # The key of user-id pseudonyms in log lines; None writes user ids as they are.
     log_key: bytes | None = None
+    users: UserRecords | None = None
 
     @classmethod
     def build(cls, settings: Settings, uri: str, watch: bool = True) -> Node:
@@ -91,8 +93,16 @@ class Node:
             settings.max_connections,
             settings.max_connections_per_user,
             settings.replay_limit,
+            settings.replay_window_bytes,
         )
-        bus = Bus(store, hub, node_id, watch=watch, poll=settings.bus_poll_seconds)
+        bus = Bus(
+            store,
+            hub,
+            node_id,
+            watch=watch,
+            poll=settings.bus_poll_seconds,
+            own_notifications=not settings.direct_delivery,
+        )
         # Direct delivery hands this node's own writes to its hub at once; without it they
         # reach the hub like other nodes' writes, through the change stream (README scaling).
         sequencer = Sequencer(
@@ -100,6 +110,7 @@ class Node:
             hub.deliver if settings.direct_delivery else _stream_only,
             write_timeout=settings.storage_timeout,
             withheld=hub.withheld,
+            node_id=node_id,
         )
         notifications = Notifications(
             store,
@@ -134,6 +145,8 @@ class Node:
         notifications.planners.append(push.plan)
         escalation = Escalation(store, notifications, scheduler, bus, hub)
         escalation.wire()
+        users = UserRecords(store)
+        notifications.users = users
         protocol = ConnectionProtocol(
             hub,
             notifications,
@@ -142,6 +155,7 @@ class Node:
             audit,
             limits,
             settings.storage_timeout,
+            users,
             acknowledgements=escalation.acks,
         )
         webhooks = Webhooks(store.db, store, notifications.timeline, scheduler, settings)
@@ -162,6 +176,7 @@ class Node:
             limits=limits,
             protocol=protocol,
             push=push,
+            users=users,
             escalation=escalation,
             webhooks=webhooks,
             idempotency=Idempotency(store.db, settings.idempotency_in_flight_seconds),
@@ -175,7 +190,10 @@ class Node:
         """Create indexes, find the feed's highest seq, start the writer and the bus."""
         await self._create_indexes()
         self.audit.start()
+        self.users.start()
         self.hub.seq = await self.store.high_seq()
+        self.hub.recent.reset(self.hub.seq)  # complete from here: it sees all that follows
+        self.hub.recent.watch_gauges()
         self.sequencer.start()
         if self.scheduler is not None:
             await self.scheduler.store.create_indexes()
@@ -245,6 +263,7 @@ class Node:
             self.push.stop()
         await self.sequencer.stop()
         await self.audit.stop()
+        await self.users.stop()
         await self.client.close()
 
 
