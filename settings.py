@@ -61,6 +61,9 @@ class Settings:
         1048576, "per-socket unsent bytes before a slow reader is dropped"
     )
     replay_limit: int = setting(500, "most notifications replayed on reconnect")
+    replay_window_bytes: int = setting(
+        67108864, "memory for recent notifications that answer replays without a database read"
+    )
     retention_days: int = setting(90, "days a notification is kept (TTL index) after it expires")
     audit_retention_days: int = setting(365, "days audit entries are kept (TTL index)")
     critical_ack_seconds: int = setting(
