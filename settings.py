@@ -61,6 +61,9 @@ class Settings:
         1048576, "per-socket unsent bytes before a slow reader is dropped"
     )
     replay_limit: int = setting(500, "most notifications replayed on reconnect")
+    replay_window_bytes: int = setting(
+        67108864, "memory for recent notifications that answer replays without a database read"
+    )
     retention_days: int = setting(90, "days a notification is kept (TTL index) after it expires")
     audit_retention_days: int = setting(365, "days audit entries are kept (TTL index)")
     critical_ack_seconds: int = setting(
@@ -154,11 +157,17 @@ class Settings:
 
     @property
     def webhook_retries(self) -> tuple[float, ...]:
-        """The delays before each webhook retry, in seconds (ValueError if malformed)."""
+        """The delays before each webhook retry, in seconds (a malformed list stops start-up)."""
         parts = [p.strip() for p in self.webhook_retry_seconds.split(",") if p.strip()]
-        delays = tuple(float(p) for p in parts)
-        if any(not 0 <= d <= 7 * 86400 for d in delays):
-            raise ValueError("webhook retry delays must be between 0 and 604800 seconds")
+        try:
+            delays = tuple(float(p) for p in parts)
+        except ValueError:
+            delays = (-1.0,)
+        if len(delays) > 20 or any(not 0 <= d <= 7 * 86400 for d in delays):
+            raise SystemExit(
+                f"setting NOTIFY_WEBHOOK_RETRY_SECONDS: cannot read {self.webhook_retry_seconds!r}"
+                " as up to 20 comma-separated delays of 0 to 604800 seconds"
+            )
         return delays
 
     def with_(self, **changes: Any) -> Settings:

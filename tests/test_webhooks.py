@@ -502,3 +502,11 @@ async def test_escalation_acknowledgement_and_expiry_reach_webhooks(wnode, wapi,
     assert ("notification.expired_unacknowledged", expiring["id"]) in got
     assert all(r.verified for r in route.requests)
     assert "K+" not in repr([r.body for r in route.requests])
+
+
+@pytest.mark.parametrize("bad", ["5,x", "-1", "5,,nan", "1e9", ",".join(["1"] * 21)])
+async def test_a_malformed_retry_list_stops_start_up_with_a_sentence(settings, bad):
+    with pytest.raises(SystemExit, match="NOTIFY_WEBHOOK_RETRY_SECONDS"):
+        _ = settings.with_(webhook_retry_seconds=bad).webhook_retries
+    assert settings.with_(webhook_retry_seconds="").webhook_retries == ()
+    assert settings.webhook_retries == (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)

@@ -20,6 +20,7 @@ from server.app.idempotency import Idempotency
 from server.app.secret_files import local_secret
 from server.app.store import Store, connect
 from server.app.timeutil import utcnow
+from server.app.user_records import UserRecords
 from server.auth.credentials import ApiKeys, Tokens
 from server.auth.ratelimit import RateLimits
 from server.dashboard.service import Dashboard
@@ -75,6 +76,7 @@ class Node:
     idempotency: Idempotency | None = None
     # The key of user-id pseudonyms in log lines; None writes user ids as they are.
     log_key: bytes | None = None
+    users: UserRecords | None = None
 
     @classmethod
     def build(cls, settings: Settings, uri: str, watch: bool = True) -> Node:
@@ -89,8 +91,16 @@ class Node:
             settings.max_connections,
             settings.max_connections_per_user,
             settings.replay_limit,
+            settings.replay_window_bytes,
         )
-        bus = Bus(store, hub, node_id, watch=watch, poll=settings.bus_poll_seconds)
+        bus = Bus(
+            store,
+            hub,
+            node_id,
+            watch=watch,
+            poll=settings.bus_poll_seconds,
+            own_notifications=not settings.direct_delivery,
+        )
         # Direct delivery hands this node's own writes to its hub at once; without it they
         # reach the hub like other nodes' writes, through the change stream (README scaling).
         sequencer = Sequencer(
@@ -98,6 +108,7 @@ class Node:
             hub.deliver if settings.direct_delivery else _stream_only,
             write_timeout=settings.storage_timeout,
             withheld=hub.withheld,
+            node_id=node_id,
         )
         notifications = Notifications(
             store,
@@ -129,6 +140,8 @@ class Node:
         limits = RateLimits(settings)
         escalation = Escalation(store, notifications, scheduler, bus, hub)
         escalation.wire()
+        users = UserRecords(store)
+        notifications.users = users
         protocol = ConnectionProtocol(
             hub,
             notifications,
@@ -137,6 +150,7 @@ class Node:
             audit,
             limits,
             settings.storage_timeout,
+            users,
             acknowledgements=escalation.acks,
         )
         webhooks = Webhooks(store.db, store, notifications.timeline, scheduler, settings)
@@ -156,6 +170,7 @@ class Node:
             cluster=cluster,
             limits=limits,
             protocol=protocol,
+            users=users,
             escalation=escalation,
             webhooks=webhooks,
             idempotency=Idempotency(store.db, settings.idempotency_in_flight_seconds),
@@ -169,7 +184,10 @@ class Node:
         """Create indexes, find the feed's highest seq, start the writer and the bus."""
         await self._create_indexes()
         self.audit.start()
+        self.users.start()
         self.hub.seq = await self.store.high_seq()
+        self.hub.recent.reset(self.hub.seq)  # complete from here: it sees all that follows
+        self.hub.recent.watch_gauges()
         self.sequencer.start()
         if self.scheduler is not None:
             await self.scheduler.store.create_indexes()
@@ -235,6 +253,7 @@ class Node:
         await self.webhooks.stop()  # after the queue: it claims no attempt from now on
         await self.sequencer.stop()
         await self.audit.stop()
+        await self.users.stop()
         await self.client.close()
 
 
