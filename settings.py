@@ -128,6 +128,31 @@ class Settings:
     staff_recheck_seconds: float = setting(
         60.0, "how often an open staff socket checks that its session still holds"
     )
+    # Web Push (CONTRACT §6, docs/push.md). Times are settings so that tests can scale them.
+    push_grace_seconds: float = setting(
+        10.0, "seconds a notification waits for a socket's ack before it is pushed (0: at once)"
+    )
+    push_attempts: int = setting(5, "most attempts of one push to one device (429 and 5xx retry)")
+    push_retry_seconds: float = setting(
+        2.0, "first delay before retrying a push; doubles each time (Retry-After wins if longer)"
+    )
+    push_ttl_seconds: int = setting(
+        86400, "how long a push service keeps a push for an offline device (without expires_at)"
+    )
+    push_content: str = setting(
+        "minimal", "minimal (type's default title only) or full (adds the title and message)"
+    )
+    push_sweep_seconds: float = setting(
+        1.0, "how often a node looks for notifications whose grace period has passed"
+    )
+    push_timeout_seconds: float = setting(10.0, "seconds one request to a push service may take")
+    push_concurrency: int = setting(32, "requests in flight at once to one push service")
+    vapid_subject: str = setting(
+        "", "mailto: or https: contact in every VAPID JWT (required outside development)"
+    )
+    vapid_private_key: str = setting(
+        "", "VAPID private key (base64url, 32 bytes); empty: made once and kept in MongoDB"
+    )
     log_level: str = setting("INFO", "log level")
     debug: bool = setting(False, "Tornado debug mode (never in production)")
 

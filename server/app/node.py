@@ -33,6 +33,7 @@ from server.feed.notifications import Notifications
 from server.feed.scheduler import ScheduledStore, Scheduler
 from server.feed.sequencer import Sequencer
 from server.feed.timeline import Timeline
+from server.push.service import PushService
 from server.webhooks.service import Webhooks
 from settings import Settings
 
@@ -71,6 +72,7 @@ class Node:
     dashboard: Dashboard | None = None
     limits: RateLimits | None = None
     protocol: ConnectionProtocol | None = None
+    push: PushService | None = None
     escalation: Escalation | None = None
     webhooks: Webhooks | None = None
     idempotency: Idempotency | None = None
@@ -138,6 +140,9 @@ class Node:
         )
         notifications.critical_ack = timedelta(seconds=settings.critical_ack_seconds)
         limits = RateLimits(settings)
+        PushService.subject(settings)  # a missing subject stops the start, not the first push
+        push = PushService(settings, store.db, notifications, scheduler)
+        notifications.planners.append(push.plan)
         escalation = Escalation(store, notifications, scheduler, bus, hub)
         escalation.wire()
         users = UserRecords(store)
@@ -170,6 +175,7 @@ class Node:
             cluster=cluster,
             limits=limits,
             protocol=protocol,
+            push=push,
             users=users,
             escalation=escalation,
             webhooks=webhooks,
@@ -191,6 +197,8 @@ class Node:
         self.sequencer.start()
         if self.scheduler is not None:
             await self.scheduler.store.create_indexes()
+            if self.push is not None:
+                await self.push.start()  # registers its kinds before the queue runs
             self.scheduler.start()
         self.webhooks.start()
         self.bus.start()
@@ -251,6 +259,8 @@ class Node:
         if self.scheduler is not None:
             await self.scheduler.stop()
         await self.webhooks.stop()  # after the queue: it claims no attempt from now on
+        if self.push is not None:
+            self.push.stop()
         await self.sequencer.stop()
         await self.audit.stop()
         await self.users.stop()
