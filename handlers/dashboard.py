@@ -11,7 +11,14 @@ from tornado import web
 
 from handlers.dashboard_base import DashboardNotFound, PageHandler, RootRedirect
 from server import compose, schemas
-from server.errors import Conflict, NotFound, RateLimited, Unauthorized, ValidationFailed
+from server.errors import (
+    Conflict,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+    ValidationFailed,
+    retry_after,
+)
 from server.staff import test_client_roles
 from server.timeutil import iso
 
@@ -47,8 +54,8 @@ class LoginHandler(PageHandler):
         except Unauthorized as exc:
             return self.render_page("login.html", 401, values=values, errors={}, error=exc.message)
         except RateLimited as exc:
-            self.set_header("Retry-After", str(max(1, round(exc.retry_after))))
-            error = f"Too many failed attempts. Try again in {max(1, round(exc.retry_after))} s."
+            self.set_header("Retry-After", retry_after(exc.retry_after))
+            error = f"Too many failed attempts. Try again in {retry_after(exc.retry_after)} s."
             return self.render_page("login.html", 429, values=values, errors={}, error=error)
         self.start_session(token)
         self.redirect(form["next"])

@@ -24,7 +24,13 @@ from tornado import web
 from handlers.base import BaseHandler
 from server import schemas
 from server.dashboard_views import Dashboard
-from server.errors import RETRY_AFTER_UNAVAILABLE, Forbidden, ServiceError, ValidationFailed
+from server.errors import (
+    RETRY_AFTER_UNAVAILABLE,
+    Forbidden,
+    ServiceError,
+    ValidationFailed,
+    retry_after,
+)
 from server.metrics import METRICS
 from server.node import Node
 from server.staff import cookie_secret
@@ -216,10 +222,10 @@ class PageHandler(BaseHandler):
             status_code = exc.status
             message = exc.message
             if getattr(exc, "retry_after", None) is not None:
-                self.set_header("Retry-After", str(max(1, round(exc.retry_after))))
+                self.set_header("Retry-After", retry_after(exc.retry_after))
         elif isinstance(exc, PyMongoError):
             status_code, message = 503, "The database is unavailable. Try again in a moment."
-            self.set_header("Retry-After", str(RETRY_AFTER_UNAVAILABLE))
+            self.set_header("Retry-After", retry_after(RETRY_AFTER_UNAVAILABLE))
         elif isinstance(exc, web.HTTPError) and exc.log_message and status_code < 500:
             message = exc.log_message % exc.args if exc.args else exc.log_message
         self.clear_header("Content-Type")

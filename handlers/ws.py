@@ -17,11 +17,11 @@ from tornado.iostream import IOStream, StreamClosedError
 from server import logs, origins, schemas, wire
 from server.audit import actor_of
 from server.auth import Principal
-from server.errors import NotFound, OverCapacity, RateLimited, ServiceError, Unauthorized
+from server.errors import NotFound, OverCapacity, ServiceError, Unauthorized, retry_after
 from server.hub import Subscription
 from server.metrics import METRICS
 from server.node import Node
-from server.ratelimit import FrameGate, OpenGate
+from server.ratelimit import FrameGate, Limiter, OpenGate
 from server.render import public
 from server.timeutil import utcnow
 
@@ -118,38 +118,58 @@ class NotificationSocket(websocket.WebSocketHandler):
         return None
 
     def _admitted(self) -> bool:
-        """Check the request; answer and return False if it may not upgrade."""
+        """Check the request; answer and return False if it may not upgrade.
+
+        Per credential first: a valid token's connects count against its user's limit
+        only (a clinic shares one address); refusals, and connects whose token will come
+        in the auth frame, count against the address (given back when the frame is good).
+        """
         self.request_id = logs.request_id(self.request.headers.get("X-Request-Id"))
         logs.REQUEST_ID.set(self.request_id)  # the socket's own log lines carry it too
         self.set_header("X-Request-Id", self.request_id)
-        try:
-            self.services.limits.connect_ip.check(self.request.remote_ip or "")
-        except RateLimited as exc:
-            self.set_header("Retry-After", str(max(1, round(exc.retry_after))))
-            return self._refuse(429, "rate_limited", "too many connection attempts; retry later")
+        limits = self.services.limits
         if not self.check_origin(self.request.headers.get("Origin")):
-            return self._refuse(403, "forbidden", "this Origin is not allowed")
+            return self._fail(403, "forbidden", "this Origin is not allowed")
         given = self.request.query_arguments
         args_in = {k: v[-1].decode("utf-8", "replace") for k, v in given.items()}
         repeated = {k: ["give it once"] for k, v in given.items() if len(v) != 1}
         self._forget_query()
         if repeated:  # as with JSON keys: which of two tokens would a proxy have checked?
-            return self._refuse(400, "validation_error", "the query is not valid", repeated)
+            return self._fail(400, "validation_error", "the query is not valid", repeated)
         try:
             self.query_in = schemas.shared(schemas.SocketQuery).load(args_in)
         except ValidationError as err:
-            return self._refuse(400, "validation_error", "the query is not valid", err.messages)
+            return self._fail(400, "validation_error", "the query is not valid", err.messages)
         token = self.query_in.pop("token", None)  # no copy kept once checked
-        if token:
-            try:
-                self.principal = self.services.tokens.check(token)
-            except Unauthorized as exc:
-                return self._refuse(401, "unauthorized", exc.message)
-            wanted = self.query_in.get("user_id")
-            if wanted is not None and wanted != self.principal.id:
-                self._audit("access.denied", wanted)
-                return self._refuse(403, "forbidden", "user_id does not match the token")
+        if not token:  # the auth frame follows: the address lends this connect until then
+            wait = limits.connect_ip.take(self.request.remote_ip or "")
+            return self._too_many(limits.connect_ip, wait) if wait else True
+        try:
+            self.principal = principal = self.services.tokens.check(token)
+        except Unauthorized as exc:
+            return self._fail(401, "unauthorized", exc.message)
+        wanted = self.query_in.get("user_id")
+        if wanted is not None and wanted != principal.id:
+            self._audit("access.denied", wanted)
+            return self._fail(403, "forbidden", "user_id does not match the token")
+        wait = limits.connect_user.take(principal.id)
+        if wait:
+            return self._too_many(limits.connect_user, wait)
         return True
+
+    def _fail(self, status: int, code: str, message: str, fields: dict | None = None) -> bool:
+        """Refuse a connect without a valid token: counted against the address, and a 429
+        instead once the address is past its limit; False."""
+        limit = self.services.limits.connect_ip
+        wait = limit.take(self.request.remote_ip or "")
+        if wait:
+            return self._too_many(limit, wait)
+        return self._refuse(status, code, message, fields)
+
+    def _too_many(self, limit: Limiter, wait: float) -> bool:
+        limit.refusal(wait)  # counted in the metrics
+        self.set_header("Retry-After", retry_after(wait))
+        return self._refuse(429, "rate_limited", "too many connection attempts; retry later")
 
     def _forget_query(self) -> None:
         """Keep no copy of the query for the socket's life: its token is a credential (and
@@ -272,9 +292,16 @@ class NotificationSocket(websocket.WebSocketHandler):
             if kind != "auth":
                 return self.close(POLICY, "authenticate first")
             try:
-                self.principal = self.services.tokens.check(frame["token"])
+                principal = self.services.tokens.check(frame["token"])
             except Unauthorized:
                 return self.close(POLICY, "the token is not valid")
+            limits = self.services.limits
+            limits.connect_ip.give(self.request.remote_ip or "")  # lent at the upgrade
+            wait = limits.connect_user.take(principal.id)
+            if wait:
+                limits.connect_user.refusal(wait)
+                return self.close(TRY_LATER, "too many connects for this user; retry later")
+            self.principal = principal
             self._timer.cancel()
             return await self._start()
         if kind == "ping":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from math import ceil
 from typing import Any
 
 
@@ -64,3 +65,8 @@ class StorageUnavailable(ServiceError):
 class OverCapacity(ServiceError):
     status, code = 503, "over_capacity"
     retry_after = RETRY_AFTER_UNAVAILABLE
+
+
+def retry_after(seconds: float) -> str:
+    """A ``Retry-After`` value: whole seconds, rounded up (never sooner than allowed), >= 1."""
+    return str(max(1, ceil(seconds)))
