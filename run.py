@@ -17,9 +17,10 @@ import signal
 import sys
 
 from handlers.routes import start_node
-from server import cli, logs
-from server.embedded import EmbeddedMongo
-from server.local_cluster import run_local_cluster
+from server.app import logs
+from server.ops import cli
+from server.ops.embedded import EmbeddedMongo
+from server.ops.local_cluster import run_local_cluster
 from settings import Settings
 
 log = logging.getLogger("notify")

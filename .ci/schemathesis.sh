@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=.venv/bin/python
-PORT=${SCHEMATHESIS_PORT:-$($PY -c 'from server.embedded import free_port; print(free_port())')}
+PORT=${SCHEMATHESIS_PORT:-$($PY -c 'from server.ops.embedded import free_port; print(free_port())')}
 WORK=$(mktemp -d /tmp/schemathesis.XXXXXX)
 BASE="http://127.0.0.1:$PORT"
 SERVICE=""

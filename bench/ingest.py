@@ -84,7 +84,7 @@ async def batched(service: Service, total: int) -> tuple[int, float]:
 
 async def raw(service: Service, total: int) -> tuple[int, float]:
     """``insert_many`` of ``total`` documents shaped like the service's; (inserted, seconds)."""
-    from server.store import connect
+    from server.app.store import connect
 
     client = connect(service.uri, 30000)
     try:
@@ -113,7 +113,7 @@ async def raw(service: Service, total: int) -> tuple[int, float]:
 
 async def stored_count(service: Service) -> int:
     """How many notifications the service's database holds."""
-    from server.store import connect
+    from server.app.store import connect
 
     client = connect(service.uri, 30000)
     try:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from bench.http import HttpConn
-from server.embedded import EmbeddedMongo, free_port
+from server.ops.embedded import EmbeddedMongo, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -188,8 +188,8 @@ class Service(Proc):
                 os.kill(self.db_pid, signal.SIGTERM)
 
     async def _api_key(self) -> str:
-        from server.auth import ApiKeys
-        from server.store import Store, connect
+        from server.app.store import Store, connect
+        from server.auth.credentials import ApiKeys
 
         client = connect(self.uri, 5000)
         try:
@@ -204,7 +204,7 @@ class Service(Proc):
 
     def token(self, user_id: str, roles: tuple[str, ...] = ("patient",)) -> str:
         """A connection token, signed with the service's secret as the main platform would."""
-        from server.auth import Tokens
+        from server.auth.credentials import Tokens
 
         return Tokens(SECRET, 7200, 86400).mint(user_id, list(roles))[0]
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from handlers.base import APIHandler
-from server import schemas
-from server.timeutil import iso
-
-ID = r"([A-Za-z0-9][A-Za-z0-9._:@\-]{0,127})"
+from handlers.base import ID, APIHandler
+from server.app import schemas
+from server.app.timeutil import iso
 
 
 class TokensHandler(APIHandler):
@@ -30,6 +28,11 @@ class NotificationsHandler(APIHandler):
 
 
 class NotificationHandler(APIHandler):
+    async def get(self, notification_id: str) -> None:
+        """A notification with its timeline, oldest event first (scope ``read``)."""
+        await self.require_scope("read")
+        self.ok(await self.services.notifications.detail(notification_id))
+
     async def delete(self, notification_id: str) -> None:
         """Cancel a scheduled notification not yet sent (scope ``notify``)."""
         await self.require_scope("notify")

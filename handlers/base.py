@@ -11,10 +11,9 @@ from marshmallow import Schema
 from pymongo.errors import PyMongoError
 from tornado import web
 
-from server import logs, origins, schemas
-from server.audit import actor_of
-from server.auth import Principal, looks_like_token
-from server.errors import (
+from server.app import logs, schemas
+from server.app.audit import actor_of
+from server.app.errors import (
     RETRY_AFTER_UNAVAILABLE,
     Forbidden,
     ServiceError,
@@ -22,13 +21,18 @@ from server.errors import (
     TooLarge,
     Unauthorized,
     ValidationFailed,
+    envelope,
     retry_after,
 )
-from server.metrics import METRICS
-from server.node import Node
-from server.schemas import DuplicateKey, parse_json
+from server.app.metrics import METRICS
+from server.app.node import Node
+from server.app.schemas import DuplicateKey, parse_json
+from server.auth import origins
+from server.auth.credentials import Principal, looks_like_token
 
 log = logging.getLogger("notify.api")
+# A route's id parameter (a user id, a notification id): what the schemas accept.
+ID = f"({schemas.ID_CHARS})"
 # Built once: json.dumps with an argument builds a new encoder on every call.
 _to_json = json.JSONEncoder(ensure_ascii=False).encode
 
@@ -261,10 +265,7 @@ class APIHandler(BaseHandler):
         if status_code == 405:
             self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.set_header("Content-Type", "application/json; charset=UTF-8")
-        error: dict[str, Any] = {"code": code, "message": message or self._reason}
-        if fields:
-            error["fields"] = fields
-        self.finish(_to_json({"success": False, "error": error}))
+        self.finish(_to_json(envelope(code, message or self._reason, fields)))
 
     def on_finish(self) -> None:
         """Count a request without a valid credential against its address; audit who read or

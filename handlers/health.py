@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from handlers.base import APIHandler
-from server.metrics import METRICS
+from server.app.metrics import METRICS
 
 
 class HealthHandler(APIHandler):

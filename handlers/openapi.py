@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from handlers.base import APIHandler
-from server import openapi
+from server.app import openapi
 
 
 class OpenAPIHandler(APIHandler):

@@ -12,20 +12,15 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from handlers import (
-    api,
-    base,
-    dashboard,
-    dashboard_admin,
-    dashboard_base,
-    dashboard_ws,
-    health,
-    openapi,
-    ws,
-)
+from handlers import api, base, health, openapi
+from handlers import socket as ws
+from handlers.dashboard import admin as dashboard_admin
+from handlers.dashboard import base as dashboard_base
+from handlers.dashboard import pages as dashboard
+from handlers.dashboard import socket as dashboard_ws
 from handlers.static import StaticFiles
-from server import logs
-from server.node import Node
+from server.app import logs
+from server.app.node import Node
 
 access_log = logging.getLogger("notify.access")
 ROOT = Path(__file__).resolve().parent.parent

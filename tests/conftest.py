@@ -11,12 +11,14 @@
 
 Hypothesis runs derandomized (a seed derived from each test), so a failure in CI fails the
 same way on a laptop, and prints the ``@reproduce_failure`` blob; ``HYPOTHESIS_PROFILE=explore``
-draws fresh examples each run (its example database, ``.hypothesis/``, is git-ignored).
+draws fresh examples each run from one seed shown in pytest's header (``HYPOTHESIS_SEED=N``
+runs them again); its example database, ``.hypothesis/``, is git-ignored and replays failures.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import uuid
 
 import pytest
@@ -24,7 +26,7 @@ import pytest_asyncio
 from hypothesis import settings as hypothesis_settings
 from pymongo import MongoClient
 
-from server.embedded import EmbeddedMongo
+from server.ops.embedded import EmbeddedMongo
 from tests.support import Api, serve_node, test_settings
 
 ALL_SCOPES = ["notify", "broadcast", "tokens", "read", "admin"]
@@ -32,6 +34,26 @@ ALL_SCOPES = ["notify", "broadcast", "tokens", "read", "admin"]
 hypothesis_settings.register_profile("repeatable", derandomize=True, print_blob=True)
 hypothesis_settings.register_profile("explore", print_blob=True)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
+
+
+def pytest_configure(config):
+    # Exploring: one seed per run, shared with xdist's workers through the environment
+    # (they start after this) and shown in the header, so that a failure can be run again.
+    from hypothesis import core
+
+    if hypothesis_settings.default.derandomize or config.getoption("hypothesis_seed", None):
+        return
+    seed = os.environ.setdefault("HYPOTHESIS_SEED", str(random.randrange(2**32)))
+    core.global_force_seed = int(seed)
+
+
+def pytest_report_header(config):
+    if hypothesis_settings.default.derandomize:
+        return "fuzz: derandomized (the same examples every run; HYPOTHESIS_PROFILE=explore)"
+    if config.getoption("hypothesis_seed", None):
+        return f"fuzz: --hypothesis-seed={config.getoption('hypothesis_seed')}"
+    seed = os.environ["HYPOTHESIS_SEED"]
+    return f"fuzz: seed {seed} (HYPOTHESIS_PROFILE=explore HYPOTHESIS_SEED={seed} repeats it)"
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,18 @@
 - ``Api``: REST calls that check the contract's envelope.
 - ``Socket``: a WebSocket client that reads frames by type.
 - ``serve_node``: start a node in this test's loop on a free port.
+- ``wait_for``: poll a condition with a generous deadline (never a fixed sleep before an
+  assertion; a loaded machine only makes the wait longer).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
+import os
+import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -19,6 +25,30 @@ from handlers.routes import Running, start_node
 from settings import Settings
 
 TOKEN_SECRET = "test-secret-0123456789-abcdefghij"
+
+# How long a test waits for something asynchronous before it fails. Generous on purpose: a
+# wait ends as soon as its condition holds, so only a broken test ever waits this long.
+WAIT = float(os.environ.get("NOTIFY_TEST_WAIT", "20"))
+# The one window that stays: how long "nothing arrives" is watched. A slow machine can only
+# make such a check weaker, never fail it; where a later frame can prove the absence
+# instead (a sentinel sent after), the tests use that.
+QUIET = 0.3
+
+
+async def wait_for(
+    condition: Callable[[], Any], timeout: float = WAIT, interval: float = 0.05, what: str = ""
+) -> Any:
+    """Poll ``condition`` (sync or async) until it is truthy; return its value, or fail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what or condition}; last {value!r}")
+        await asyncio.sleep(interval)
 
 
 def test_settings(db_name: str, **changes: Any) -> Settings:
@@ -38,7 +68,7 @@ def test_settings(db_name: str, **changes: Any) -> Settings:
 async def serve_node(settings: Settings, uri: str, **kw: Any) -> Running:
     """Start a node on a free loopback port and wait until its bus follows MongoDB."""
     running = await start_node(settings, uri, **kw)
-    await asyncio.wait_for(running.node.bus.ready.wait(), 10)
+    await asyncio.wait_for(running.node.bus.ready.wait(), WAIT)
     return running
 
 
@@ -128,7 +158,7 @@ class Socket:
             url += "?" + urlencode(params)
         return cls(await websocket_connect(url, connect_timeout=10))
 
-    async def recv(self, timeout: float = 5.0) -> dict | None:
+    async def recv(self, timeout: float = WAIT) -> dict | None:
         """The next frame (None once closed)."""
         raw = await asyncio.wait_for(self.conn.read_message(), timeout)
         if raw is None:
@@ -137,7 +167,7 @@ class Socket:
         self.frames.append(frame)
         return frame
 
-    async def expect(self, kind: str, timeout: float = 5.0) -> dict:
+    async def expect(self, kind: str, timeout: float = WAIT) -> dict:
         """Read until a frame of this type arrives; other frames are kept in ``frames``."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
@@ -150,7 +180,7 @@ class Socket:
             if frame["type"] == kind:
                 return frame
 
-    async def nothing(self, seconds: float = 0.3) -> None:
+    async def nothing(self, seconds: float = QUIET) -> None:
         """Assert that no frame arrives for a while."""
         try:
             frame = await self.recv(seconds)
@@ -158,7 +188,7 @@ class Socket:
             return
         raise AssertionError(f"unexpected frame {frame}")
 
-    async def closed(self, timeout: float = 5.0) -> int | None:
+    async def closed(self, timeout: float = WAIT) -> int | None:
         """Wait for the server to close; returns the close code."""
         while await self.recv(timeout) is not None:
             pass

@@ -10,7 +10,7 @@ import pytest
 from tornado.httpclient import HTTPClientError
 from tornado.websocket import websocket_connect
 
-from server.audit import Audit, page_key
+from server.app.audit import Audit, page_key
 from tests.support import Socket, serve_node
 
 pytestmark = pytest.mark.asyncio
@@ -123,7 +123,7 @@ async def test_entries_are_kept_for_the_retention_period_by_a_ttl_index(settings
 
 async def test_the_queue_of_entries_not_yet_written_is_bounded(settings, mongo_uri, monkeypatch):
     """``note`` never waits; past the bound the oldest waiting entries are dropped."""
-    import server.audit as audit_module
+    import server.app.audit as audit_module
 
     running = await serve_node(settings, mongo_uri)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.timeutil import utcnow
+from server.app.timeutil import utcnow
 from tests.support import Api, Socket
 
 pytestmark = pytest.mark.asyncio

@@ -13,7 +13,7 @@ import time
 import jwt
 import pytest
 
-from server.auth import Tokens
+from server.auth.credentials import Tokens
 from tests.browser import browser  # noqa: F401
 from tests.support import TOKEN_SECRET, Api, serve_node
 

@@ -24,8 +24,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HT
 from tornado.websocket import websocket_connect
 
 import run
-from server import cli
-from server.activity import Sample
+from server.dashboard.activity import Sample
+from server.ops import cli
 from tests.support import Api, Socket, serve_node
 
 pytestmark = pytest.mark.asyncio

@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 from argon2 import PasswordHasher
 
-from server.activity import Sample
+from server.dashboard.activity import Sample
 from tests.browser import browser  # noqa: F401
 from tests.support import Socket
 

@@ -1,4 +1,4 @@
-"""The README stays true: its two opening commands, and the settings table."""
+"""The docs stay true: the README's two opening commands, the settings page, the links."""
 
 from __future__ import annotations
 
@@ -24,7 +24,19 @@ def test_the_settings_table_lists_every_setting_as_declared():
     out = io.StringIO()
     with redirect_stdout(out):
         settings.print_table()
-    table = README.split("<!-- settings-table -->")[1].split("<!-- /settings-table -->")[0]
+    page = (ROOT / "docs" / "settings.md").read_text()
+    table = page.split("<!-- settings-table -->")[1].split("<!-- /settings-table -->")[0]
     assert table.strip() == out.getvalue().strip(), (
         "regenerate it: python -c 'import settings; settings.print_table()'"
     )
+
+
+def test_every_relative_link_in_the_readme_and_docs_resolves():
+    broken = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if target.startswith(("http:", "https:", "mailto:")):
+                continue
+            if not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert broken == []

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timedelta
 
 import pytest
 
-from server.timeutil import iso, utcnow
+from server.app.timeutil import as_datetime, iso, utcnow
 from settings import Settings
-from tests.support import Api, Socket, serve_node
+from tests.support import Api, Socket, serve_node, wait_for
 
 pytestmark = pytest.mark.asyncio
+
+
+# Long enough for a few REST calls and a socket on a loaded machine before items expire;
+# the test checks that it was (rather than failing on a wrong answer).
+BEFORE_EXPIRY = 4.0
 
 
 def later(seconds: float) -> str:
@@ -28,8 +32,8 @@ def on_a_whole_second(at_least: float) -> datetime:
     return ahead.replace(microsecond=0)
 
 
-async def sleep_until(when: datetime) -> None:
-    await asyncio.sleep(max(0.0, (when - utcnow()).total_seconds()))
+async def _only(view: Api, notification_id: str) -> bool:
+    return await feed_ids(view, "p-1") == [notification_id]
 
 
 async def replayed(url: str, token: str, since: str = "0") -> tuple[dict, list[str]]:
@@ -53,7 +57,7 @@ async def feed_ids(api: Api, user_id: str, **query) -> list[str]:
 async def test_expired_items_leave_feed_replay_and_unread_count(node, api):
     token = await api.token("p-1", ["patient"])
     user = Api(node.url, token)  # the patient's own view: roles from the token
-    expiry = on_a_whole_second(1.0)
+    expiry = on_a_whole_second(BEFORE_EXPIRY)
     keep = await api.notify("p-1", "Stays")
     brief = await api.notify("p-1", "Goes", expires_at=iso(expiry))
     body = {"audience": "patient", "title": "Flu shots", "message": "m", "expires_at": iso(expiry)}
@@ -69,7 +73,9 @@ async def test_expired_items_leave_feed_replay_and_unread_count(node, api):
     # Now the patient has been seen, an API key's view includes the role broadcast too.
     assert set(await feed_ids(api, "p-1")) == everything
 
-    await sleep_until(expiry + timedelta(milliseconds=50))
+    assert utcnow() < expiry, "the machine took longer than BEFORE_EXPIRY for the checks above"
+    await wait_for(lambda: _only(user, keep["id"]), what="the expiry")
+    assert utcnow() >= expiry - timedelta(seconds=1)  # never early (to the whole second)
     for view in (user, api):
         assert await feed_ids(view, "p-1") == [keep["id"]]
         assert await feed_ids(view, "p-1", unread="true") == [keep["id"]]
@@ -83,7 +89,7 @@ async def test_expired_items_leave_feed_replay_and_unread_count(node, api):
 async def test_marking_an_expired_item_read_changes_no_count(node, api):
     expiry = on_a_whole_second(0.0)
     brief = await api.notify("p-1", expires_at=iso(expiry))
-    await sleep_until(expiry + timedelta(milliseconds=50))
+    await wait_for(lambda: _feed_is_empty(api, "p-1"), what="the expiry")
     assert (await api.get("/v1/users/p-1/unread-count"))["count"] == 0
     await api.post(f"/v1/users/p-1/notifications/{brief['id']}/read")
     assert (await api.get("/v1/users/p-1/unread-count"))["count"] == 0
@@ -94,15 +100,20 @@ async def test_a_scheduled_notification_that_expired_unsent_is_dropped(node, api
     await sock.expect("welcome")
     scheduler = node.node.scheduler
     await scheduler.stop()  # as if every node were down past its expiry
-    created = await api.notify("p-1", deliver_at=later(0.2), expires_at=later(0.5))
-    await asyncio.sleep(0.7)
+    expires_at = on_a_whole_second(0.5)
+    created = await api.notify(
+        "p-1", deliver_at=iso(expires_at - timedelta(seconds=0.5)), expires_at=iso(expires_at)
+    )
+    await wait_for(lambda: utcnow() > expires_at, what="its expiry")  # every node still down
     scheduler.start()
-    deadline = asyncio.get_running_loop().time() + 5
-    while await scheduler.store.collection.find({}).to_list():
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.05)
-    await sock.nothing(0.3)
+    await wait_for(lambda: _no_entries(scheduler), what="the entry to be dropped")
     assert await node.node.store.notifications.find({"_id": created["id"]}).to_list() == []
+    after = await api.notify("p-1", "sent after")  # the next frame: nothing came before it
+    assert (await sock.expect("notification"))["notification"]["id"] == after["id"]
+
+
+async def _no_entries(scheduler) -> bool:
+    return not await scheduler.store.collection.find({}).to_list()
 
 
 async def test_retention_ttl_follows_the_setting(settings, mongo_uri):
@@ -208,11 +219,12 @@ async def test_critical_ack_seconds_defaults_to_five_minutes():
 
 
 async def test_unacknowledged_critical_notifications(settings, mongo_uri):
-    running = await serve_node(settings.with_(critical_ack_seconds=1), mongo_uri)
+    running = await serve_node(settings.with_(critical_ack_seconds=3600), mongo_uri)
     try:
-        key, _ = await running.node.api_keys.create("t", ["notify", "broadcast", "tokens"])
+        key, _ = await running.node.api_keys.create("t", ["notify", "broadcast", "tokens", "read"])
         api = Api(running.url, key)
         notifications = running.node.notifications
+        assert notifications.critical_ack == timedelta(seconds=3600)  # the setting reaches it
         phone = await Socket.open(running.url, await api.token("p-1"))
         await phone.expect("welcome")
         acked = await api.notify("p-1", "acked", priority="critical")
@@ -220,24 +232,48 @@ async def test_unacknowledged_critical_notifications(settings, mongo_uri):
         await api.notify("p-3", "normal one")
         body = {"audience": "all", "title": "b", "message": "m", "priority": "critical"}
         await api.post("/v1/broadcasts", body, expect=201)
-        await api.notify("p-4", "gone", priority="critical", expires_at=later(0.8))
+        gone = await api.notify("p-4", "gone", priority="critical", expires_at=later(1))
         phone.send(
             {"type": "ack", "id": (await phone.expect("notification"))["notification"]["id"]}
         )
-        scheduled = await api.notify("p-5", "later", priority="critical", deliver_at=later(0.9))
-        assert await notifications.unacknowledged_critical() == []  # none older than 1 s yet
+        scheduled = await api.notify("p-5", "later", priority="critical", deliver_at=later(3))
+        assert await notifications.unacknowledged_critical() == []  # none an hour old
 
-        await asyncio.sleep(1.2)
-        # The scheduled one was sent only ~0.3 s ago: not flagged yet.
+        # Wait for what the clock and the sockets do; the age limit is then set around
+        # the notifications' own times, so no assertion races the clock.
+        await wait_for(lambda: _delivered(api, "p-1", acked["id"]), what="the receipt")
+        await wait_for(lambda: _absent(api, "p-4", gone["id"]), what="the expiry")
+        await wait_for(lambda: _present(api, "p-5", scheduled["id"]), what="the scheduled one")
+        sent_at = as_datetime(scheduled["deliver_at"])
+        # Older than the scheduled one's creation, younger than its sending: it is not
+        # flagged, because its age counts from when it went out.
+        notifications.critical_ack = utcnow() - sent_at + timedelta(seconds=1.5)
         flagged = await notifications.unacknowledged_critical()
         assert [n["id"] for n in flagged] == [missed["id"]]
         assert flagged[0]["delivered_at"] is None and flagged[0]["priority"] == "critical"
-        await asyncio.sleep(0.8)
+        notifications.critical_ack = timedelta(0)
         flagged = await notifications.unacknowledged_critical()
-        assert [n["id"] for n in flagged] == [scheduled["id"], missed["id"]]
+        assert [n["id"] for n in flagged] == [scheduled["id"], missed["id"]]  # no expired one
         assert [n["id"] for n in await notifications.unacknowledged_critical(limit=1)] == [
             scheduled["id"]
         ]
         assert acked["id"] not in [n["id"] for n in flagged]
     finally:
         await running.stop()
+
+
+async def _delivered(api: Api, user_id: str, notification_id: str) -> bool:
+    page = await api.get(f"/v1/users/{user_id}/notifications")
+    return any(i["id"] == notification_id and i["delivered_at"] for i in page["items"])
+
+
+async def _present(api: Api, user_id: str, notification_id: str) -> bool:
+    return notification_id in await feed_ids(api, user_id)
+
+
+async def _absent(api: Api, user_id: str, notification_id: str) -> bool:
+    return notification_id not in await feed_ids(api, user_id)
+
+
+async def _feed_is_empty(api: Api, user_id: str) -> bool:
+    return await feed_ids(api, user_id) == []

@@ -146,6 +146,7 @@ async def ping_flood(node, api: Api, sockets: int, pings: int, burst: int = 100)
     raise AssertionError("sockets left in the hub after the flood")
 
 
+@pytest.mark.slow
 async def test_ping_floods_leave_no_memory_behind(node, api):
     """Within the frame rate limit: every ping answered, and memory back where it was."""
     await ping_flood(node, api, sockets=3, pings=600)  # warm-up: caches, first sockets

@@ -2,7 +2,7 @@
 
 Python keeps the last of two equal keys, many other parsers the first: a proxy or a
 validator in front could check ``p-A`` while the service stored ``p-B``. One parser
-(``server.schemas.parse_json``) refuses them for every body, socket frame and form field.
+(``server.app.schemas.parse_json``) refuses them for every body, socket frame and form field.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from server.schemas import DuplicateKey, parse_json
+from server.app.schemas import DuplicateKey, parse_json
 from tests.support import Socket
 from tests.test_dashboard import FAST_HASHER, NURSE_PASSWORD, Browser, field_errors
 

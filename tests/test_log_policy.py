@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from server import logs
+from server.app import logs
 from tests.support import Api, serve_node
 from tests.test_dashboard import FAST_HASHER, NURSE_PASSWORD, Browser
 from tests.test_observability import log_lines  # noqa: F401 - a fixture

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from server import logs
+from server.app import logs
 from tests.conftest import ALL_SCOPES
 from tests.support import Api, Socket, serve_node
 

@@ -20,7 +20,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.routing import PathMatches
 
 from handlers.routes import make_app
-from server import openapi, schemas
+from server.app import openapi, schemas
 
 # CONTRACT.md section 2, as (method, path) with the document's parameter names.
 CONTRACT_ROUTES = {
@@ -31,6 +31,7 @@ CONTRACT_ROUTES = {
     ("get", "/v1/users/{user_id}/unread-count"),
     ("post", "/v1/users/{user_id}/notifications/{notification_id}/read"),
     ("post", "/v1/users/{user_id}/notifications/read-all"),
+    ("get", "/v1/notifications/{notification_id}"),
     ("delete", "/v1/notifications/{notification_id}"),
     ("get", "/v1/presence"),
     ("get", "/v1/ws/stats"),

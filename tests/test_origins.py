@@ -1,4 +1,4 @@
-"""One Origin check for both sockets (server/origins.py): scheme, host and port; malformed
+"""One Origin check for both sockets (server/auth/origins.py): scheme, host and port; malformed
 Origins refused with 403 before the upgrade, never a 500."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest_asyncio
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from server import origins
+from server.auth import origins
 from tests.support import serve_node
 from tests.test_dashboard import FAST_HASHER, NURSE_PASSWORD, Browser
 

@@ -8,9 +8,9 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from tornado.websocket import websocket_connect
 
-from server.errors import RateLimited
-from server.metrics import METRICS
-from server.ratelimit import OPEN_GATE, FrameGate, Limiter, RateLimits
+from server.app.errors import RateLimited
+from server.app.metrics import METRICS
+from server.auth.ratelimit import OPEN_GATE, FrameGate, Limiter, RateLimits
 from tests.conftest import ALL_SCOPES
 from tests.support import Api, Socket, serve_node
 

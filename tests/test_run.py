@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from server.embedded import free_port
+from server.ops.embedded import free_port
 from tests.support import Api, Socket
 
 pytestmark = pytest.mark.slow

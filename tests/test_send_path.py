@@ -14,10 +14,10 @@ import struct
 
 import pytest
 
-from handlers.ws import CLOSED, FULL, SENT, stream_send
-from server import wire
-from server.hub import Subscription
-from server.metrics import METRICS
+from handlers.socket import CLOSED, FULL, SENT, stream_send
+from server.app.metrics import METRICS
+from server.delivery import wire
+from server.delivery.hub import Subscription
 from tests.support import Api, Socket, serve_node
 
 pytestmark = pytest.mark.asyncio
@@ -125,6 +125,7 @@ async def test_a_closed_socket_is_reported_closed(node, api):
     assert stream_send(None, wire.frame({"n": 1}), 1 << 20) == CLOSED
 
 
+@pytest.mark.slow
 async def test_a_slow_reader_is_dropped_and_the_others_get_everything(settings, mongo_uri):
     running = await serve_node(settings.with_(send_buffer_bytes=32768), mongo_uri)
     try:

@@ -12,7 +12,7 @@ import pytest_asyncio
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from server import cli
+from server.ops import cli
 from tests.conftest import ALL_SCOPES
 from tests.support import serve_node
 from tests.test_dashboard import ADMIN_PASSWORD, FAST_HASHER, NURSE_PASSWORD, Browser

@@ -971,6 +971,11 @@
             this._setUnread(frame.count);
             break;
           case "error":
+            if (!link.welcomed) {
+              // The answer to the auth frame: the token is not even well formed.
+              this._drop(link, CLOSE_POLICY, "the token was refused: " + frame.message, false);
+              break;
+            }
             this._emit("error", { code: frame.code, message: frame.message, fields: frame.fields });
             break;
           default:

@@ -1,0 +1,358 @@
+"""Notifications: create, feed, unread count, read state, replay. No HTTP in here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from bson import ObjectId
+from pymongo.errors import PyMongoError
+
+from server.app.errors import Conflict, NotFound, StorageUnavailable, ValidationFailed
+from server.app.metrics import METRICS
+from server.app.store import FOREVER, Store
+from server.app.timeutil import utcnow
+from server.delivery.broadcast_cache import BroadcastCache
+from server.delivery.hub import Hub
+from server.feed.render import public
+from server.feed.sequencer import Sequencer
+from server.feed.timeline import Timeline
+
+log = logging.getLogger("notify.notifications")
+
+CRITICAL = "critical"
+
+
+def audiences(roles: tuple[str, ...] | list[str]) -> list[str]:
+    """The broadcast audiences a user with these roles belongs to."""
+    return ["all", *roles]
+
+
+@dataclass
+class Replay:
+    """What a reconnecting socket missed."""
+
+    items: list[dict]
+    recovered: bool
+    cursor: int
+    since: int  # where the client is taken to be: its cursor, or the feed's end if beyond
+
+
+class Notifications:
+    """The notification service of one node."""
+
+    def __init__(
+        self,
+        store: Store,
+        sequencer: Sequencer,
+        hub: Hub,
+        publish_event: Callable[[dict], Awaitable[None]],
+        node_id: str,
+        replay_limit: int,
+        timeline: Timeline,
+    ):
+        self.store = store
+        self.sequencer = sequencer
+        self.publish_event = publish_event
+        self.node_id = node_id
+        self.timeline = timeline
+        # Called with documents about to be stored (now or scheduled): capabilities that act
+        # on a notification later (push, escalation) queue that work here.
+        self.planners: list[Callable[[list[dict]], Awaitable[None]]] = []
+        self.replay_limit = replay_limit
+        self.retention = store.retention
+        self.scheduler = None  # set by the app when scheduling is wired in
+        self.critical_ack = timedelta(seconds=300)  # the node sets critical_ack_seconds
+        self.broadcasts = BroadcastCache(store, hub)  # read on every connect: kept in memory
+
+    # ---- create ------------------------------------------------------------------------
+
+    def build(self, payload: dict, now: datetime, **target: str | None) -> dict:
+        """A stored document from a validated payload, for one user or one audience."""
+        expires = payload.get("expires_at")
+        return {
+            "_id": str(ObjectId()),
+            "user_id": target.get("user_id"),
+            "audience": target.get("audience"),
+            "type": payload["type"],
+            "priority": payload["priority"],
+            "critical": payload["priority"] == CRITICAL,
+            "title": payload["title"],
+            "message": payload["message"],
+            "data": payload["data"],
+            "created_at": now,
+            "deliver_at": payload.get("deliver_at"),
+            "expires_at": expires,
+            "visible_until": expires or FOREVER,
+            "purge_at": (expires or now) + self.retention,
+            "delivered_at": None,
+            "read_at": None,
+            "origin": self.node_id,
+        }
+
+    async def create(self, payload: dict) -> list[dict]:
+        """Store one notification per recipient (all or none), then deliver them."""
+        now = utcnow()
+        recipients = payload.get("user_ids") or [payload["user_id"]]
+        docs = [self.build(payload, now, user_id=u) for u in dict.fromkeys(recipients)]
+        stored = await self._store(docs, payload, now)
+        return [public(d) for d in stored]
+
+    async def broadcast(self, payload: dict) -> dict:
+        """Store one broadcast for an audience, then deliver it to every member online."""
+        now = utcnow()
+        doc = self.build(payload, now, audience=payload["audience"])
+        stored = await self._store([doc], payload, now)
+        return public(stored[0])
+
+    async def _store(self, docs: list[dict], payload: dict, now: datetime) -> list[dict]:
+        expires_at = payload.get("expires_at")
+        if expires_at is not None and expires_at <= now:  # nobody could ever see it
+            raise ValidationFailed(
+                "the request is not valid", {"expires_at": ["must be in the future"]}
+            )
+        deliver_at = payload.get("deliver_at")
+        if deliver_at is not None and deliver_at > now:
+            if self.scheduler is None:
+                raise ValidationFailed("scheduling is not available", {"deliver_at": ["later"]})
+            await self._plan(docs)
+            return await self.scheduler.schedule(docs)
+        await self._plan(docs)
+        stored = await self.sequencer.append(docs)
+        METRICS.created.labels(payload["type"]).inc(len(stored))
+        return stored
+
+    async def _plan(self, docs: list[dict]) -> None:
+        """Let each planner queue its later work (a push, a ladder) before the docs are stored.
+
+        Before, not after: a node that dies between the two then leaves queued work whose
+        notification is missing (its handler drops it), never a stored notification whose
+        push or escalation was lost.
+        """
+        for planner in self.planners:
+            try:
+                await planner(docs)
+            except PyMongoError as exc:
+                raise StorageUnavailable("storage is unavailable") from exc
+
+    async def cancel(self, notification_id: str) -> dict:
+        """Cancel a scheduled notification not yet sent; 409 once sent or sending, else 404."""
+        if self.scheduler is not None:
+            doc = await self.scheduler.cancel(notification_id)
+            if doc is not None:
+                await self.timeline.record(notification_id, "cancelled")
+                return public(doc)
+        if await self.store.get(notification_id) is not None:
+            raise Conflict("this notification was already sent")
+        raise NotFound("no such scheduled notification")
+
+    # ---- reading -----------------------------------------------------------------------
+
+    async def roles_of(self, user_id: str, roles: tuple[str, ...] | None) -> tuple[str, ...]:
+        """The roles a user is known by: the token's, or those last seen on a socket."""
+        if roles is not None:
+            return roles
+        return tuple(await self.store.user_roles(user_id))
+
+    async def feed(
+        self, user_id: str, roles: tuple[str, ...], query: dict
+    ) -> dict[str, list[dict] | str | None]:
+        """A page of the user's feed: critical first, then newest first."""
+        now, limit = utcnow(), query["limit"]
+        section, before = _parse_feed_token(query.get("before"))
+        aud = audiences(roles)
+        items: list[tuple[str, dict]] = []
+        sections = (False,) if section == "n" else (True, False)
+        for critical in sections:
+            name = "c" if critical else "n"
+            bound = before if section == name else None
+            while len(items) <= limit:
+                page = await self.store.feed_page(
+                    user_id, aud, now, critical, bound, query.get("type"), limit + 1
+                )
+                read = await self._read_broadcasts(user_id, page)
+                for doc in page:
+                    if not (query["unread"] and _is_read(doc, read)):
+                        items.append((name, _with_read(doc, read)))
+                if len(page) <= limit:
+                    break
+                bound = page[-1]["seq"]
+        more = len(items) > limit
+        items = items[:limit]
+        next_token = f"{items[-1][0]}.{items[-1][1]['cursor']}" if more and items else None
+        return {"items": [i for _, i in items], "next": next_token}
+
+    async def _read_broadcasts(self, user_id: str, docs: list[dict]) -> dict[str, datetime]:
+        shared = [d["_id"] for d in docs if d.get("audience") is not None]
+        if not shared:
+            return {}
+        return await self.store.read_map(user_id, shared)
+
+    async def unread_count(self, user_id: str, roles: tuple[str, ...]) -> int:
+        """Unread, visible notifications and broadcasts of a user."""
+        now = utcnow()
+        return await self._unread(
+            user_id, await self.broadcasts.visible(audiences(roles), now), now
+        )
+
+    async def on_connect(
+        self, user_id: str, roles: tuple[str, ...], since: int | None, dispatched: int
+    ) -> tuple[int, Replay | None]:
+        """A connecting socket's unread count, and its replay if it gave ``since``.
+
+        Both read the same moment's visible broadcasts: filtered and sorted once per
+        connect, not twice (a reconnect storm does this thousands of times). A cursor past
+        ``dispatched`` (this node's hub) is checked against the feed's end.
+        """
+        now = utcnow()
+        shared = await self.broadcasts.visible(audiences(roles), now)
+        unread = await self._unread(user_id, shared, now)
+        if since is None:
+            return unread, None
+        if since > dispatched and since > (end := await self.store.high_seq()):
+            # Never handed out here (a cursor from another deployment, or a database
+            # restored from a backup): resume from the feed's end, and say that what was
+            # missed is not known, so the client pages the REST feed.
+            # Nothing to read: what is stored after ``end`` reaches the socket through the hub.
+            METRICS.replay_truncated.inc()
+            return unread, Replay([], False, end, end)
+        return unread, await self._replay(user_id, shared, since, now)
+
+    async def _unread(self, user_id: str, shared: list[dict], now: datetime) -> int:
+        own = await self.store.unread_personal_ids(user_id, now)
+        ids = [d["_id"] for d in shared]
+        read = await self.store.read_map(user_id, ids)  # no query when none is visible
+        return len(own) + len(ids) - len(read)
+
+    async def mark_read(self, user_id: str, roles: tuple[str, ...], notification_id: str) -> dict:
+        """Mark one notification read for a user; tells all of the user's devices."""
+        doc = await self.store.get(notification_id)
+        if doc is None or not _belongs(doc, user_id, roles):
+            raise NotFound("no such notification for this user")
+        now = utcnow()
+        if doc.get("audience") is not None:
+            changed = await self.store.mark_broadcasts_read(user_id, [doc["_id"]], now) > 0
+            read_at = (
+                now if changed else (await self.store.read_map(user_id, [doc["_id"]]))[doc["_id"]]
+            )
+        else:
+            changed = await self.store.mark_read(user_id, doc["_id"], now)
+            read_at = doc.get("read_at") or now
+            if changed:
+                await self.timeline.record(doc["_id"], "read", at=now)
+        doc["read_at"] = read_at
+        if changed:
+            await self._announce_read(user_id, roles, [doc["_id"]])
+        return public(doc, read_at=read_at)
+
+    async def mark_all_read(self, user_id: str, roles: tuple[str, ...]) -> int:
+        """Mark everything unread of a user read; returns how many were marked."""
+        now = utcnow()
+        own = await self.store.unread_personal_ids(user_id, now)
+        shared = await self.store.broadcast_ids(audiences(roles), now)
+        await self.store.mark_all_read(user_id, own, now)
+        await self.timeline.record_each(own, "read")
+        already = await self.store.read_map(user_id, shared)
+        fresh = [i for i in shared if i not in already]
+        await self.store.mark_broadcasts_read(user_id, fresh, now)
+        ids = own + fresh
+        if ids:
+            await self._announce_read(user_id, roles, ids)
+        return len(ids)
+
+    async def ack(
+        self, user_id: str, roles: tuple[str, ...], notification_id: str, connection_id: str
+    ) -> None:
+        """A device's delivery receipt: ``delivered`` once per connection in the timeline."""
+        doc = await self.store.get(notification_id)
+        if doc is None or not _belongs(doc, user_id, roles):
+            raise NotFound("no such notification for this user")
+        if doc.get("user_id") == user_id:
+            now = utcnow()
+            await self.store.mark_delivered(user_id, notification_id, now)
+            await self.timeline.record(
+                notification_id,
+                "delivered",
+                key=f"{notification_id}:delivered:{connection_id}",
+                at=now,
+                connection_id=connection_id,
+            )
+
+    async def detail(self, notification_id: str) -> dict:
+        """A notification (sent or still scheduled) with its timeline (CONTRACT §8)."""
+        doc = await self.store.get(notification_id)
+        if doc is None and self.scheduler is not None:
+            entry = await self.scheduler.store.get(notification_id)
+            doc = entry.get("doc") if entry is not None else None
+        if doc is None:
+            raise NotFound("no such notification")
+        return {"notification": public(doc), "timeline": await self.timeline.events(doc)}
+
+    async def _announce_read(self, user_id: str, roles: tuple[str, ...], ids: list[str]) -> None:
+        count = await self.unread_count(user_id, roles)
+        await self.publish_event({"kind": "read", "user_id": user_id, "ids": ids, "count": count})
+
+    async def unacknowledged_critical(self, limit: int = 50) -> list[dict]:
+        """Personal critical notifications no device acknowledged within ``critical_ack``.
+
+        Newest first. The age counts from sending: ``deliver_at`` for a scheduled one.
+        """
+        now = utcnow()
+        cutoff = now - self.critical_ack
+        found: list[dict] = []
+        before = None
+        while len(found) < limit:
+            page = await self.store.unacknowledged_critical(cutoff, now, before, limit)
+            # Exact here: the embedded server compares dates to the whole second only.
+            found += [d for d in page if _sent_at(d) <= cutoff]
+            if len(page) < limit:
+                break
+            before = page[-1]["seq"]
+        return [public(d) for d in found[:limit]]
+
+    # ---- replay ------------------------------------------------------------------------
+
+    async def _replay(self, user_id: str, shared: list[dict], since: int, now: datetime) -> Replay:
+        """What a socket missed after ``since``: at most the replay limit, oldest first."""
+        limit = self.replay_limit + 1
+        found = await self.store.replay(user_id, [], since, limit, now)  # personal only
+        found = sorted(found + [d for d in shared if d["seq"] > since], key=lambda d: d["seq"])
+        found = found[-limit:]
+        recovered = len(found) <= self.replay_limit
+        if not recovered:
+            found = found[1:]
+            METRICS.replay_truncated.inc()
+        METRICS.replayed.inc(len(found))
+        cursor = found[-1]["seq"] if found else since
+        return Replay(found, recovered, cursor, since)
+
+
+def _parse_feed_token(token: str | None) -> tuple[str | None, int | None]:
+    if not token:
+        return None, None
+    if "." in token:
+        section, seq = token.split(".", 1)
+        return section, int(seq)
+    return "n", int(token)
+
+
+def _sent_at(doc: dict) -> datetime:
+    """When a notification went out: its creation, or its ``deliver_at`` if scheduled."""
+    deliver_at = doc.get("deliver_at")
+    return max(doc["created_at"], deliver_at) if deliver_at is not None else doc["created_at"]
+
+
+def _belongs(doc: dict, user_id: str, roles: tuple[str, ...]) -> bool:
+    if doc.get("user_id") is not None:
+        return doc["user_id"] == user_id
+    return doc.get("audience") in audiences(roles)
+
+
+def _is_read(doc: dict, read: dict[str, datetime]) -> bool:
+    return doc.get("read_at") is not None or doc["_id"] in read
+
+
+def _with_read(doc: dict, read: dict[str, datetime]) -> dict:
+    return public(doc, read_at=read.get(doc["_id"]))

@@ -1,1 +1,0 @@
-"""Clients of the service: the integrator REST client and the command-line socket client."""
