@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from server.app.errors import RateLimited
 from server.app.metrics import METRICS
 
-if TYPE_CHECKING:
-    from server.auth.ratelimit import Limiter
+
+class Limit(Protocol):
+    """What the guard needs of a token bucket limit (server/auth/ratelimit.py's Limiter)."""
+
+    def take(self, key: str) -> float: ...
+
+    def peek(self, key: str) -> float: ...
+
+    def refusal(self, wait: float) -> RateLimited: ...
 
 
 class LoginGuard:
@@ -25,7 +32,7 @@ class LoginGuard:
 
     def __init__(
         self,
-        address: Limiter,
+        address: Limit,
         free_failures: int,
         delay: float,
         max_delay: float,
