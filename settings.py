@@ -50,6 +50,9 @@ class Settings:
         20.0, "seconds without a pong before a socket is dropped (at most the ping interval)"
     )
     auth_timeout: float = setting(10.0, "seconds a socket may take to send its auth frame")
+    sse_keepalive_seconds: float = setting(
+        15.0, "seconds between the comment lines that keep an SSE stream open"
+    )
     max_frame_bytes: int = setting(65536, "largest client frame; larger closes with 1009")
     max_body_bytes: int = setting(1048576, "largest REST request body; larger is a 413")
     max_connections: int = setting(18000, "socket cap for this node; past it, close 1013")
@@ -61,7 +64,7 @@ class Settings:
     retention_days: int = setting(90, "days a notification is kept (TTL index) after it expires")
     audit_retention_days: int = setting(365, "days audit entries are kept (TTL index)")
     critical_ack_seconds: int = setting(
-        300, "seconds before a critical notification no device acknowledged is flagged"
+        300, "seconds before the dashboard lists a notification nobody acknowledged (§8)"
     )
     schedule_poll_seconds: float = setting(
         1.0, "longest a node sleeps before looking for due scheduled notifications"
@@ -70,6 +73,24 @@ class Settings:
         30.0, "how long a node's claim on due scheduled notifications lasts if it dies"
     )
     api_key_cache_seconds: float = setting(5.0, "how long a node trusts a looked-up API key")
+    outbound_allow_private: bool = setting(
+        False, "let webhooks and push use http and loopback or private addresses (dev, tests)"
+    )
+    webhook_retry_seconds: str = setting(
+        "5,300,1800,7200,18000,36000",
+        "comma-separated delays before each webhook retry (one attempt plus one per entry)",
+    )
+    webhook_timeout_seconds: float = setting(
+        10.0, "seconds a webhook endpoint has to answer 2xx before the attempt failed"
+    )
+    webhook_concurrency: int = setting(4, "webhook requests in flight at once per endpoint")
+    webhook_cache_seconds: float = setting(
+        2.0, "how long a node trusts its list of webhooks (another node's change shows after)"
+    )
+    webhook_retention_days: int = setting(30, "days a webhook delivery is kept (TTL index)")
+    idempotency_in_flight_seconds: float = setting(
+        60.0, "an Idempotency-Key's first request unfinished this long may be taken over"
+    )
     metrics_public: bool = setting(True, "serve /metrics without credentials")
     # Rate limits: tokens per second and burst per bucket; a rate of 0 turns a limit off.
     # Defaults bite within a second of a flood on one node; docs/security.md gives each
@@ -150,6 +171,15 @@ class Settings:
         return frozenset(
             o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()
         )
+
+    @property
+    def webhook_retries(self) -> tuple[float, ...]:
+        """The delays before each webhook retry, in seconds (ValueError if malformed)."""
+        parts = [p.strip() for p in self.webhook_retry_seconds.split(",") if p.strip()]
+        delays = tuple(float(p) for p in parts)
+        if any(not 0 <= d <= 7 * 86400 for d in delays):
+            raise ValueError("webhook retry delays must be between 0 and 604800 seconds")
+        return delays
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with some settings changed."""

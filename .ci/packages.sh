@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=$ROOT/.venv/bin/python
-PORT=$($PY -c 'from server.embedded import free_port; print(free_port())')
+PORT=$($PY -c 'from server.ops.embedded import free_port; print(free_port())')
 WORK=$(mktemp -d /tmp/packages.XXXXXX)
 BASE="http://127.0.0.1:$PORT"
 SERVICE=""
@@ -25,8 +25,9 @@ fail() {
   exit 1
 }
 
-# 1. The npm package's own tests (node --test starts its own service) and its types.
-(cd clients/js && npm ci --silent --no-audit --no-fund && NOTIFY_PYTHON=$PY npm test --silent \
+# 1. The npm packages' own tests (node --test; each file starts its own service), and the
+#    client's types. clients/ is an npm workspace: react/ resolves the client from js/.
+(cd clients && npm ci --silent --no-audit --no-fund && NOTIFY_PYTHON=$PY npm test --silent \
   && npm run --silent typecheck)
 
 # 2. A running service for the installed packages.
@@ -49,7 +50,7 @@ cp .ci/smoke-npm.mjs "$WORK/app/smoke.mjs"
 (cd "$WORK/app" && echo '{"name": "smoke", "private": true, "type": "module"}' >package.json \
   && npm install --silent --no-audit --no-fund "$WORK"/tarballs/*.tgz \
        react@18.3.1 react-dom@18.3.1 ws@8.23.1 \
-  && SMOKE_TRANSPORTS=websocket NOTIFY_URL=$BASE NOTIFY_API_KEY=$KEY node smoke.mjs) || fail "the npm smoke test failed"
+  && NOTIFY_URL=$BASE NOTIFY_API_KEY=$KEY node smoke.mjs) || fail "the npm smoke test failed"
 
 # 4. Python: build the wheel, install it alone into a fresh venv, run the command.
 $PY -m pip wheel -q --no-deps -w "$WORK/dist" clients/python

@@ -19,6 +19,7 @@ SCENARIOS = {
     "ingest": "notifications stored per second, single and batched, vs raw insert_many",
     "reconnect": "sockets drop, notifications pile up, all reconnect with since",
     "stalled": "memory while 100 stalled readers sit through a fan-out",
+    "webhooks": "signed webhook deliveries per second to a local receiver",
 }
 
 

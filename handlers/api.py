@@ -22,9 +22,13 @@ class NotificationsHandler(APIHandler):
     async def post(self) -> None:
         """Store and deliver a notification, or one per user of ``user_ids`` (scope ``notify``)."""
         await self.require_scope("notify")
-        req = self.load(schemas.shared(schemas.NotificationIn), self.body())
+        body = self.body()
+        req = self.load(schemas.shared(schemas.NotificationIn), body)
+        await self.once(body, 201, lambda: self._create(req))
+
+    async def _create(self, req: dict) -> dict | list[dict]:
         stored = await self.services.notifications.create(req)
-        self.ok(stored if "user_ids" in req else stored[0], 201)
+        return stored if "user_ids" in req else stored[0]
 
 
 class NotificationHandler(APIHandler):
@@ -43,8 +47,9 @@ class BroadcastsHandler(APIHandler):
     async def post(self) -> None:
         """Store and deliver a broadcast to everyone or a role (scope ``broadcast``)."""
         await self.require_scope("broadcast")
-        req = self.load(schemas.BroadcastIn(), self.body())
-        self.ok(await self.services.notifications.broadcast(req), 201)
+        body = self.body()
+        req = self.load(schemas.BroadcastIn(), body)
+        await self.once(body, 201, lambda: self.services.notifications.broadcast(req))
 
 
 class FeedHandler(APIHandler):

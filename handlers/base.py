@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pymongo
@@ -11,7 +13,7 @@ from marshmallow import Schema
 from pymongo.errors import PyMongoError
 from tornado import web
 
-from server.app import logs, schemas
+from server.app import idempotency, logs, schemas
 from server.app.audit import actor_of
 from server.app.errors import (
     RETRY_AFTER_UNAVAILABLE,
@@ -50,8 +52,8 @@ STATUS_CODES = {
 
 # CORS for portals on other Origins. Callers send bearer credentials, never cookies: so no
 # Access-Control-Allow-Credentials, and the dashboard (cookies) stays same-origin.
-CORS_REQUEST_HEADERS = "Authorization, Content-Type, X-Request-Id"
-CORS_EXPOSED_HEADERS = "X-Request-Id, Retry-After"  # what the client library reads
+CORS_REQUEST_HEADERS = "Authorization, Content-Type, X-Request-Id, Idempotency-Key, Last-Event-ID"
+CORS_EXPOSED_HEADERS = "X-Request-Id, Retry-After, Idempotent-Replayed"  # what clients read
 CORS_MAX_AGE = "600"  # short: an Origin the operator removes stops working within minutes
 
 
@@ -247,6 +249,41 @@ class APIHandler(BaseHandler):
         """Write the success envelope."""
         self.set_status(status)
         self.finish(_to_json({"success": True, "data": data}))
+
+    async def once(self, body: Any, status: int, make: Callable[[], Awaitable[Any]]) -> None:
+        """Answer with ``make()``'s data, once per ``Idempotency-Key`` (CONTRACT §10).
+
+        Without the header the request simply runs. With it, the first request with that
+        key (for this API key) runs and its answer is kept; a retry gets that answer again,
+        status and body as they were, and nothing new is stored.
+        """
+        key = self.request.headers.get(idempotency.HEADER)
+        if key is None:
+            self.ok(await make(), status)
+            return
+        store = self.services.idempotency
+        route = f"{self.request.method} {self.request.path}"
+        held = await store.begin(
+            self.principal.id, idempotency.check_key(key), idempotency.fingerprint(route, body)
+        )
+        if isinstance(held, idempotency.Replay):
+            self.set_header("Idempotent-Replayed", "true")
+            self.set_status(held.status)
+            self.finish(held.body)
+            return
+        try:
+            data = await make()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await store.abandon(held)
+            raise
+        text = _to_json({"success": True, "data": data})
+        try:
+            await store.finish(held, status, text)
+        except PyMongoError:  # stored, but not its answer: a retry waits, then runs again
+            log.warning("the answer to an Idempotency-Key was not kept")
+        self.set_status(status)
+        self.finish(text)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]

@@ -12,12 +12,13 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from handlers import api, base, health, openapi
+from handlers import api, base, escalation, health, openapi, sse, webhooks
 from handlers import socket as ws
 from handlers.dashboard import admin as dashboard_admin
 from handlers.dashboard import base as dashboard_base
 from handlers.dashboard import pages as dashboard
 from handlers.dashboard import socket as dashboard_ws
+from handlers.dashboard import webhooks as dashboard_webhooks
 from handlers.static import StaticFiles
 from server.app import logs
 from server.app.node import Node
@@ -49,8 +50,10 @@ def make_app(node: Node, **extra) -> web.Application:
     """The application serving one node's REST API, sockets and pages."""
     s = node.settings
     handlers = [*health.default_handlers, *api.default_handlers, *ws.default_handlers]
-    handlers += openapi.default_handlers
+    handlers += sse.default_handlers + escalation.default_handlers
+    handlers += openapi.default_handlers + webhooks.default_handlers
     handlers += dashboard.default_handlers + dashboard_admin.default_handlers
+    handlers += dashboard_webhooks.default_handlers
     handlers += dashboard_ws.default_handlers + dashboard.not_found_handlers
     handlers.append((r".*", base.NotFoundHandler))
     return web.Application(

@@ -80,6 +80,7 @@ class NotificationSocket(websocket.WebSocketHandler):
         "_send_limit", "bad_frames", "gate", "ip", "principal", "request_id", "since",
         "subscription", "timer", "user_agent", "wanted",
     )  # fmt: skip
+    transport = "websocket"  # what the dashboard's connection list shows
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.principal: Principal | None = None

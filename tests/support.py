@@ -188,6 +188,17 @@ class Socket:
             return
         raise AssertionError(f"unexpected frame {frame}")
 
+    async def only_then(self, notification_id: str, timeout: float = WAIT) -> None:
+        """The next frame is this notification: nothing at all arrived before it.
+
+        Send a notification after the fact and call this, instead of watching for a while
+        that nothing comes: it proves the absence however slow the machine is.
+        """
+        frame = await self.recv(timeout)
+        assert frame is not None, f"closed ({self.conn.close_code}) before {notification_id}"
+        got = frame.get("notification", {}).get("id") if frame["type"] == "notification" else None
+        assert got == notification_id, f"{frame} arrived before {notification_id}"
+
     async def closed(self, timeout: float = WAIT) -> int | None:
         """Wait for the server to close; returns the close code."""
         while await self.recv(timeout) is not None:

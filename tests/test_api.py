@@ -175,8 +175,13 @@ async def test_each_route_needs_a_credential_and_its_scope(node, method, path, b
 async def test_admin_scope_covers_every_scope(node):
     key, _ = await node.node.api_keys.create("admin", ["admin"])
     api = Api(node.url, key)
-    await api.post("/v1/notifications", APPOINTMENT, expect=201)
-    await api.get("/v1/ws/stats")
+    made = await api.post("/v1/notifications", APPOINTMENT, expect=201)  # notify
+    body = {"audience": "all", "title": "t", "message": "m"}
+    await api.post("/v1/broadcasts", body, expect=201)  # broadcast
+    await api.post("/v1/tokens", {"user_id": "p-1"}, expect=201)  # tokens
+    await api.get("/v1/ws/stats")  # read
+    await api.get(f"/v1/users/{made['user_id']}/unread-count")
+    await api.delete("/v1/notifications/no-such-id", expect=404)  # notify: past the scope check
 
 
 async def test_revoked_key_is_refused(node):

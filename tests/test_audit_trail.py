@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import timedelta
 
@@ -11,7 +10,7 @@ from tornado.httpclient import HTTPClientError
 from tornado.websocket import websocket_connect
 
 from server.app.audit import Audit, page_key
-from tests.support import Socket, serve_node
+from tests.support import Socket, serve_node, wait_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -75,10 +74,7 @@ async def test_sockets_opened_and_closed_are_audited_with_user_and_address(node,
     sock = await Socket.open(node.url, await api.token("p-7"))
     welcome = await sock.expect("welcome")
     sock.close()
-    for _ in range(50):
-        if await entries(node, action="socket.close"):
-            break
-        await asyncio.sleep(0.05)
+    await wait_for(lambda: entries(node, action="socket.close"), what="the close's entry")
     opened = await entries(node, action="socket.open")
     closed = await entries(node, action="socket.close")
     assert [(e["actor"], e["target"]) for e in opened] == [("user:p-7", "p-7")]
@@ -99,7 +95,7 @@ async def test_the_trail_never_holds_bodies_or_credentials(node, api, api_key):
     await api.get("/v1/users/p-2/notifications", key=token, expect=403)
     await api.post(f"/v1/users/p-1/notifications/{made['id']}/read")
     sock.close()
-    await asyncio.sleep(0.2)
+    await wait_for(lambda: entries(node, action="socket.close"), what="the close's entry")
     text = json.dumps(await entries(node), default=str)
     assert "notifications.feed" in text and "socket.open" in text
     for secret in (token, api_key, SECRET_TITLE, SECRET_MESSAGE, "C50.9"):

@@ -43,8 +43,9 @@ async def test_to_all_reaches_every_connected_user_on_both_nodes(node, second_no
     assert sent["cursor"] is not None and sent["read_at"] is None
     for sock in (patient, staff, no_roles):
         assert (await sock.expect("notification"))["notification"] == sent
-    for sock in (patient, staff, no_roles):
-        await sock.nothing(0.2)
+    last = await broadcast(api, "all", "sentinel")
+    for sock in (patient, staff, no_roles):  # no second copy anywhere before it
+        await sock.only_then(last["id"])
 
 
 async def test_to_a_role_reaches_that_role_only(node, second_node, api):
@@ -56,10 +57,10 @@ async def test_to_a_role_reaches_that_role_only(node, second_node, api):
     assert sent["audience"] == "staff"
     for sock in (staff_here, staff_there):
         assert (await sock.expect("notification"))["notification"]["id"] == sent["id"]
-    for sock in (patient_here, patient_there):
-        await sock.nothing(0.3)
     assert await ids_in_feed(api, "p-1") == [] and await unread(api, "p-1") == 0
     assert await ids_in_feed(api, "s-2") == [sent["id"]] and await unread(api, "s-2") == 1
+    for user, sock in (("p-1", patient_here), ("p-2", patient_there)):  # nothing before it
+        await sock.only_then((await api.notify(user, "sentinel"))["id"])
 
 
 async def test_every_device_of_a_member_gets_it_once(node, second_node, api):
@@ -68,7 +69,9 @@ async def test_every_device_of_a_member_gets_it_once(node, second_node, api):
     sent = await broadcast(api, "patient")
     for sock in (phone, laptop):
         assert (await sock.expect("notification"))["notification"]["id"] == sent["id"]
-        await sock.nothing(0.3)
+    last = await broadcast(api, "patient", "sentinel")
+    for sock in (phone, laptop):  # once: no second copy before the next one
+        await sock.only_then(last["id"])
 
 
 # ---- users who come later ---------------------------------------------------------------
@@ -133,7 +136,6 @@ async def test_read_state_is_per_user_over_rest(node, api):
     assert marked["id"] == sent["id"] and marked["read_at"] is not None
     assert (await p1_phone.expect("read"))["ids"] == [sent["id"]]
     assert (await p1_phone.expect("unread_count"))["count"] == 0
-    await p2_phone.nothing(0.3)
     assert await unread(views["p-1"], "p-1") == 0
     assert await unread(views["p-2"], "p-2") == 1
     assert await ids_in_feed(views["p-1"], "p-1", unread="true") == []
@@ -144,7 +146,9 @@ async def test_read_state_is_per_user_over_rest(node, api):
     # Marking it read again changes nothing and keeps the first time.
     again = await views["p-1"].post(f"/v1/users/p-1/notifications/{sent['id']}/read")
     assert again["read_at"] == marked["read_at"]
-    await p1_phone.nothing(0.2)
+    # No frame of p-1's reads reached p-2, and marking again sent p-1 none.
+    for user, sock in (("p-1", p1_phone), ("p-2", p2_phone)):
+        await sock.only_then((await api.notify(user, "sentinel"))["id"])
 
 
 async def test_read_state_is_per_user_over_the_socket(node, second_node, api):
@@ -157,11 +161,11 @@ async def test_read_state_is_per_user_over_the_socket(node, second_node, api):
     p1_phone.send({"type": "read", "id": sent["id"]})
     assert (await p1_laptop.expect("read"))["ids"] == [sent["id"]]
     assert (await p1_laptop.expect("unread_count"))["count"] == 0
-    await p2_phone.nothing(0.3)
-    assert await unread(api, "p-2") == 1
+    await p2_phone.only_then((await api.notify("p-2", "sentinel"))["id"])  # no read frame
+    assert await unread(api, "p-2") == 2
     p2_phone.send({"type": "read_all"})
     assert (await p2_phone.expect("unread_count"))["count"] == 0
-    await p1_laptop.nothing(0.3)
+    await p1_laptop.only_then((await api.notify("p-1", "sentinel"))["id"])  # none of p-2's
 
 
 async def test_read_all_marks_broadcasts_for_that_user_only(node, api):

@@ -26,7 +26,7 @@ from tornado.websocket import websocket_connect
 import run
 from server.dashboard.activity import Sample
 from server.ops import cli
-from tests.support import Api, Socket, serve_node
+from tests.support import Api, Socket, serve_node, wait_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -140,6 +140,7 @@ ADMIN_PAGES = [
     "/dashboard/staff",
     "/dashboard/audit",
     "/dashboard/audit.csv",
+    "/dashboard/webhooks",
 ]
 POSTS = [
     "/dashboard/logout",
@@ -151,6 +152,7 @@ POSTS = [
     "/dashboard/api-keys/k1/revoke",
     "/dashboard/staff",
     "/dashboard/staff/nurse",
+    "/dashboard/webhooks/w1/deliveries/d1/retry",
 ]
 
 
@@ -377,12 +379,19 @@ async def test_compose_refuses_a_form_with_an_unknown_field(node, nurse):
     assert await node.node.store.notifications.find_one({}) is None
 
 
+async def _online(node, wanted: dict[str, int]) -> bool:
+    """The cluster's presence shows each user with this many sockets."""
+    found = await node.node.presence(list(wanted))
+    return {u: found[u]["connections"] for u in wanted} == wanted
+
+
 async def test_compose_sends_to_a_user_and_tells_who_got_it(node, api, nurse):
     first = await Socket.open(node.url, await api.token("p-1"))
     second = await Socket.open(node.url, await api.token("p-1"))
     await first.expect("welcome")
     await second.expect("welcome")
-    await asyncio.sleep(0.3)  # presence is written a moment after a socket opens
+    # Presence is written a moment after a socket opens.
+    await wait_for(lambda: _online(node, {"p-1": 2}), what="presence of both sockets")
     resp = await nurse.post(
         "/dashboard/compose",
         compose_form(target="users", user_ids="p-1\np-2", title=SCRIPT, message="Hello"),
@@ -416,9 +425,36 @@ async def test_compose_broadcasts_to_a_role(node, api, nurse):
     page = text(resp)
     assert "as 1 broadcast" in page and "data-outcome-devices>1<" in page
     assert (await doctor.expect("notification"))["notification"]["title"] == "Rota"
-    await patient.nothing()
+    mine = await api.notify("p-9", "sentinel")  # the patient's next frame: no Rota before it
+    assert (await patient.expect("notification"))["notification"]["id"] == mine["id"]
     doctor.close()
     patient.close()
+
+
+async def test_compose_to_everyone_reaches_every_socket_and_tells_how_many(node, api, nurse):
+    people = [("p-1", ["patient"]), ("p-1", ["patient"]), ("d-1", ["doctor"]), ("x-1", [])]
+    socks = [await Socket.open(node.url, await api.token(u, roles)) for u, roles in people]
+    for sock in socks:
+        await sock.expect("welcome")
+    online = {"p-1": 2, "d-1": 1, "x-1": 1}
+    await wait_for(lambda: _online(node, online), what="presence of every socket")
+    resp = await nurse.post(
+        "/dashboard/compose",
+        compose_form(target="all", type="system_alert", title="Fire drill", message="At 10"),
+    )
+    assert resp.code == 200
+    page = text(resp)
+    assert "as 1 broadcast" in page
+    assert re.search(r"data-outcome-devices>4<.*data-outcome-users>3<", page, re.S), page
+    stored = await node.node.store.notifications.find({}).to_list()
+    assert [(d["audience"], d["title"]) for d in stored] == [("all", "Fire drill")]
+    for sock in socks:
+        frame = (await sock.expect("notification"))["notification"]
+        assert (frame["id"], frame["audience"]) == (stored[0]["_id"], "all")
+    entries = await node.node.audit.recent(action="broadcast.send")
+    assert [e["actor"] for e in entries] == ["staff:nurse"]
+    for sock in socks:
+        sock.close()
 
 
 async def test_compose_schedules_and_history_can_cancel(node, nurse):

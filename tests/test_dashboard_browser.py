@@ -6,7 +6,6 @@ the test client of a second browser context, and watch connections come and go l
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from argon2 import PasswordHasher
 
 from server.dashboard.activity import Sample
 from tests.browser import browser  # noqa: F401
-from tests.support import Socket
+from tests.support import Socket, wait_for
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.browser]
 
@@ -183,8 +182,15 @@ async def some_traffic(node) -> list[Socket]:
     await services.notifications.create(
         {**base, "user_id": "p-3001", "priority": "critical", "title": "Call the clinic today"}
     )
-    await asyncio.sleep(0.5)  # cluster presence is written a moment after sockets open
+    # Cluster presence is written a moment after sockets open.
+    online = {**{f"p-100{i}": 1 for i in range(2, 6)}, "p-1001": 2, "d-7": 1}
+    await wait_for(lambda: _online(node, online), what="presence of every socket")
     return sockets
+
+
+async def _online(node, wanted: dict[str, int]) -> bool:
+    found = await node.node.presence(list(wanted))
+    return {u: found[u]["connections"] for u in wanted} == wanted
 
 
 def simulate_an_hour(activity) -> None:

@@ -31,12 +31,18 @@ CONTRACT_ROUTES = {
     ("get", "/v1/users/{user_id}/unread-count"),
     ("post", "/v1/users/{user_id}/notifications/{notification_id}/read"),
     ("post", "/v1/users/{user_id}/notifications/read-all"),
+    ("post", "/v1/users/{user_id}/notifications/{notification_id}/acknowledge"),
     ("get", "/v1/notifications/{notification_id}"),
     ("delete", "/v1/notifications/{notification_id}"),
     ("get", "/v1/presence"),
     ("get", "/v1/ws/stats"),
     ("post", "/v1/ws/test-notification"),
     ("get", "/v1/openapi.json"),
+    ("post", "/v1/webhooks"),
+    ("get", "/v1/webhooks"),
+    ("delete", "/v1/webhooks/{webhook_id}"),
+    ("get", "/v1/webhooks/{webhook_id}/deliveries"),
+    ("post", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -50,7 +56,8 @@ def operations(doc: dict) -> set[tuple[str, str]]:
 
 def sample(path: str) -> str:
     """A concrete URL path for a documented one."""
-    return path.replace("{user_id}", "p-1001").replace("{notification_id}", "n-1")
+    path = path.replace("{user_id}", "p-1001").replace("{notification_id}", "n-1")
+    return path.replace("{webhook_id}", "w-1").replace("{delivery_id}", "d-1")
 
 
 @pytest.fixture
@@ -71,7 +78,7 @@ class Checker:
     async def call(
         self, method: str, path: str, url: str, key: str | None, body=None, **kw
     ) -> tuple[int, dict]:
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", **kw.pop("headers", {})}
         if key:
             headers["Authorization"] = f"Bearer {key}"
         payload = kw.pop("raw", None) or (None if body is None else json.dumps(body))
@@ -116,7 +123,7 @@ def test_every_route_of_the_contract_is_described(doc):
 @pytest.mark.asyncio
 async def test_the_document_and_the_app_route_alike(doc, node):
     """Each documented operation reaches a handler implementing it, and each REST handler
-    method is documented (pages and the socket aside)."""
+    method is documented (pages and the two live transports aside)."""
     app = make_app(node.node)
     rules = [r for r in app.wildcard_router.rules if isinstance(r.matcher, PathMatches)]
 
@@ -132,7 +139,8 @@ async def test_the_document_and_the_app_route_alike(doc, node):
     rest = re.compile(r"^/(v1/|healthz|readyz|metrics)")
     for rule in rules:
         pattern = rule.matcher.regex.pattern
-        if not rest.match(pattern) or pattern.startswith("/v1/ws/notifications"):
+        live = ("/v1/ws/notifications", "/v1/sse/notifications")  # streams, not REST
+        if not rest.match(pattern) or pattern.startswith(live):
             continue
         for method in METHODS:
             if implements(rule.target, method):
@@ -162,8 +170,10 @@ def test_components_come_from_the_marshmallow_schemas(doc):
 def test_error_statuses_follow_from_what_a_route_takes(doc):
     responses = {(m, p): set(doc["paths"][p][m]["responses"]) for m, p in operations(doc)}
     assert responses[("post", "/v1/notifications")] == {
-        "201", "400", "401", "403", "413", "429", "503",
+        "201", "400", "401", "403", "409", "413", "422", "429", "503",
     }  # fmt: skip
+    assert {"409", "422"} <= responses[("post", "/v1/webhooks")]
+    assert "422" not in responses[("get", "/v1/webhooks")]
     assert {"404", "409"} <= responses[("delete", "/v1/notifications/{notification_id}")]
     assert "404" in responses[("get", "/v1/users/{user_id}/unread-count")]
     assert "400" in responses[("get", "/v1/presence")]
@@ -276,6 +286,42 @@ async def test_real_answers_match_the_document(node, api, api_key, doc):
     code, _ = await check.call("delete", cancel, f"/v1/notifications/{first_id}", key)
     assert code == 409  # already sent
     assert (await check.call("delete", cancel, "/v1/notifications/missing", key))[0] == 404
+
+    again = {"Idempotency-Key": "doc-1"}
+    code, out = await check.call(
+        "post", "/v1/broadcasts", "/v1/broadcasts", key, cast, headers=again
+    )
+    assert code == 201
+    code, replay = await check.call(
+        "post", "/v1/broadcasts", "/v1/broadcasts", key, cast, headers=again
+    )
+    assert code == 201 and replay == out
+    other = {**cast, "title": "Open"}
+    code, out = await check.call(
+        "post", "/v1/broadcasts", "/v1/broadcasts", key, other, headers=again
+    )
+    assert code == 422 and out["error"]["code"] == "idempotency_mismatch"
+
+    hooks = "/v1/webhooks"
+    hook = {"url": "https://example.com/hook", "events": ["notification.read"]}
+    code, out = await check.call("post", hooks, hooks, key, hook)
+    assert code == 201 and out["data"]["secret"].startswith("whsec_")
+    hook_id = out["data"]["id"]
+    assert (await check.call("post", hooks, hooks, key, {**hook, "events": ["x"]}))[0] == 400
+    assert (await check.call("post", hooks, hooks, notify_only, hook))[0] == 403
+    code, out = await check.call("get", hooks, hooks, key)
+    assert code == 200 and "secret" not in out["data"]["items"][0]
+    listed = "/v1/webhooks/{webhook_id}/deliveries"
+    code, out = await check.call("get", listed, f"/v1/webhooks/{hook_id}/deliveries", key)
+    assert code == 200 and out["data"]["items"] == []
+    url = f"/v1/webhooks/{hook_id}/deliveries?status=lost"
+    assert (await check.call("get", listed, url, key))[0] == 400
+    retry = "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry"
+    url = f"/v1/webhooks/{hook_id}/deliveries/0123456789abcdef01234567/retry"
+    assert (await check.call("post", retry, url, key))[0] == 404
+    one_hook = "/v1/webhooks/{webhook_id}"
+    assert (await check.call("delete", one_hook, f"/v1/webhooks/{hook_id}", key))[0] == 200
+    assert (await check.call("delete", one_hook, f"/v1/webhooks/{hook_id}", key))[0] == 404
 
     for path in ("/healthz", "/readyz", "/metrics", "/v1/openapi.json"):
         assert (await check.call("get", path, path, None))[0] == 200

@@ -14,6 +14,7 @@ import inspect
 import os
 import re
 import sys
+import time
 from asyncio.subprocess import PIPE
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -448,3 +449,31 @@ async def test_the_readmes_option_tables_match_the_code():
         code = {p.name: repr(p.default) for p in params if p.kind is p.KEYWORD_ONLY}
         code.pop("since", None)  # a listen() argument of its own, documented in the text
         assert table(readme, marker) == code, marker
+
+
+@pytest.mark.slow
+async def test_listen_asks_a_token_function_again_when_the_token_expires(node, api):
+    minted: list[str] = []
+
+    async def fresh() -> str:  # a backend handing out two-second tokens
+        claims = {"sub": "p-1", "roles": ["patient"], "exp": int(time.time()) + 2}
+        minted.append(jwt.encode(claims, TOKEN_SECRET, "HS256"))
+        return minted[-1]
+
+    news: list[str] = []
+    listener = AsyncNotifyClient(node.url).listen(
+        None, fresh, min_delay=0.05, max_delay=0.2, on_status=news.append
+    )
+    try:
+        receive = asyncio.ensure_future(listener.__anext__())
+        await wait_for(lambda: any("connecting" in n for n in news), what="connecting")
+        await wait_for(lambda: len(node.node.hub.user_subscriptions("p-1")) == 1, what="online")
+        first = await api.notify("p-1", "first")
+        assert (await asyncio.wait_for(receive, 10))["id"] == first["id"]
+        receive = asyncio.ensure_future(listener.__anext__())  # listening goes on meanwhile
+        await wait_for(lambda: len(minted) >= 2, timeout=15, what="a second token")
+        assert any("closed: 1008 token expired" in n for n in news)
+        second = await api.notify("p-1", "second")
+        assert (await asyncio.wait_for(receive, 15))["id"] == second["id"]
+    finally:
+        await listener.aclose()

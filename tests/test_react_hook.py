@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser import browser  # noqa: F401
+from tests.support import QUIET, wait_for
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.browser]
 
@@ -53,13 +54,12 @@ def files() -> dict[str, tuple[str, bytes]]:
 async def sockets_of(node, user_id: str, count: int) -> None:
     """Wait until the node holds exactly ``count`` sockets of the user, and still does."""
     for _ in range(2):
-        for _ in range(100):
-            if len(node.node.hub.user_subscriptions(user_id)) == count:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError(f"{user_id} does not have {count} sockets")
-        await asyncio.sleep(0.3)  # a second socket opening late would show now
+        await wait_for(
+            lambda: len(node.node.hub.user_subscriptions(user_id)) == count,
+            what=f"{user_id} with {count} sockets",
+        )
+        # An absence (no second socket opening late) can only be watched for a while.
+        await asyncio.sleep(QUIET)
 
 
 async def test_the_hook_lists_history_and_live_marks_read_and_keeps_one_socket(
@@ -102,6 +102,14 @@ async def test_the_hook_lists_history_and_live_marks_read_and_keeps_one_socket(
         await page.wait_for_selector(f"li[data-id='{before['id']}'][data-read='yes']")
         await page.wait_for_function("document.getElementById('unread').textContent === '0'")
 
+        # acknowledge(id, note), and an acknowledgement made elsewhere (the acknowledged event)
+        await page.evaluate("id => hook.acknowledge(id, 'seen it')", live["id"])
+        await page.wait_for_selector(f"li[data-id='{live['id']}'][data-acknowledged='yes']")
+        stored = (await api.get(f"/v1/notifications/{live['id']}"))["notification"]
+        assert stored["acknowledged_by"] == "p-1"
+        await api.post(f"/v1/users/p-1/notifications/{before['id']}/acknowledge")
+        await page.wait_for_selector(f"li[data-id='{before['id']}'][data-acknowledged='yes']")
+
         await page.evaluate("root.unmount()")
         await sockets_of(node, "p-1", 0)  # unmounting closes the socket
 
@@ -118,3 +126,22 @@ async def test_the_hook_lists_history_and_live_marks_read_and_keeps_one_socket(
         assert errors == []
     finally:
         await context.close()
+
+
+async def test_the_readmes_options_table_matches_the_hook_and_its_types():
+    """clients/react: the options the hook takes beyond the client's, in README, code and types."""
+    import re
+
+    package = ROOT / "clients" / "react"
+    readme = (package / "README.md").read_text()
+    block = readme.split("<!-- options -->")[1].split("<!-- /options -->")[0]
+    documented = re.findall(r"^\| `(\w+)` \|", block, re.M)
+    types = (package / "index.d.ts").read_text()
+    interface = types.split("interface UseNotificationsOptions")[1].split("}")[0]
+    declared = re.findall(r"^\s+(\w+)\?:", interface, re.M)
+    hook = (package / "index.mjs").read_text()
+    # The hook takes its own options out before handing the rest to the client.
+    taken = re.search(r"const \{ (.*?), \.\.\.clientOptions \} = options;", hook).group(1)
+    own = [part.split(":")[0].strip() for part in taken.split(",")]
+    assert sorted(documented) == sorted(declared) == sorted(own)
+    assert "historySize === undefined ? 50" in hook and "| `historySize` | number | `50` |" in block

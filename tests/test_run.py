@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from tests.support import Api, Socket
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PORT = 7556  # the contract's (the seed's) port
 
 
 def run_py(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
@@ -97,8 +99,9 @@ async def test_newcomer_flow_with_the_embedded_database(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert "7556" not in output or str(port) in output
     assert f"http://127.0.0.1:{port}" in output
+    if port != DEFAULT_PORT:  # --port replaced the default everywhere, the log included
+        assert f":{DEFAULT_PORT}" not in output
     for leaked in (token, key, secret_text):
         assert leaked not in output
     assert not (data / "embedded.json").exists()
@@ -114,7 +117,7 @@ async def test_data_survives_a_restart_and_sigint_also_stops_cleanly(tmp_path):
             "--name",
             "k",
             "--scopes",
-            "notify,read",
+            "notify,read,tokens",
             "--data-dir",
             str(data),
             env=env,
@@ -135,8 +138,11 @@ async def test_data_survives_a_restart_and_sigint_also_stops_cleanly(tmp_path):
                 await api.notify("p-1", "kept")
             feed = await api.get("/v1/users/p-1/notifications")
             assert [n["title"] for n in feed["items"]] == ["kept"]
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=30) == 0
+            sock = await Socket.open(url, await api.token("p-1"))
+            await sock.expect("welcome")
+            proc.send_signal(signal.SIGINT if round_ == 0 else signal.SIGTERM)
+            assert await sock.closed() == 1001  # going away: reconnect
+            assert await asyncio.to_thread(proc.wait, 30) == 0
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -168,3 +174,98 @@ def test_revoke_api_key_by_id(tmp_path):
     assert run_py("revoke-api-key", key_id, "--data-dir", str(tmp_path), env=env).returncode == 0
     assert "revoked" in run_py("list-api-keys", "--data-dir", str(tmp_path), env=env).stdout
     assert run_py("revoke-api-key", "nope", "--data-dir", str(tmp_path), env=env).returncode == 1
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds it
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+async def serve_until_ready(args: list[str], env: dict, cwd: Path, url: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        await wait_ready(url, proc)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc
+
+
+async def stop(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGTERM)
+    output, _ = await asyncio.to_thread(proc.communicate, timeout=30)
+    assert proc.returncode == 0, output
+    return output
+
+
+@pytest.mark.asyncio
+async def test_defaults_port_7556_and_data_in_dot_data(tmp_path):
+    """No --port, no --data-dir, no settings: the seed's port, and ./data of the folder it
+    runs in (here a fresh one, so the data folder can only be the default's)."""
+    if not port_is_free(DEFAULT_PORT):
+        if os.environ.get("CI"):
+            pytest.fail(f"port {DEFAULT_PORT} is taken on the CI machine")
+        pytest.skip(f"port {DEFAULT_PORT} is in use here (another service runs on it)")
+    url = f"http://127.0.0.1:{DEFAULT_PORT}"
+    proc = await serve_until_ready([], clean_env(), tmp_path, url)
+    try:
+        assert (await AsyncHTTPClient().fetch(url + "/healthz")).code == 200
+        data = tmp_path / "data"
+        assert data.is_dir() and any(data.iterdir()), "the embedded database is not in ./data"
+    finally:
+        output = await stop(proc) if proc.poll() is None else proc.communicate()[0]
+    assert url in output and port_is_free(DEFAULT_PORT)
+
+
+@pytest.mark.asyncio
+async def test_notify_port_sets_the_port(tmp_path):
+    port = free_port()
+    env = {**clean_env(), "NOTIFY_PORT": str(port)}
+    url = f"http://127.0.0.1:{port}"
+    proc = await serve_until_ready(["--data-dir", str(tmp_path / "d")], env, ROOT, url)
+    output = await stop(proc)
+    assert url in output and f":{DEFAULT_PORT}" not in output
+
+
+@pytest.mark.asyncio
+async def test_create_staff_as_a_process_then_that_account_signs_in(tmp_path):
+    from tests.test_dashboard import Browser
+
+    data, env, password = tmp_path / "data", clean_env(), "correct horse battery staple"
+    made = await asyncio.to_thread(
+        run_py,
+        "create-staff", "--username", "dr-house", "--role", "admin", "--data-dir", str(data),
+        env=env, input=password + "\n",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert password not in made.stdout + made.stderr
+    again = await asyncio.to_thread(
+        run_py,
+        "create-staff", "--username", "dr-house", "--role", "staff", "--data-dir", str(data),
+        env=env, input="another password entirely\n",
+    )  # fmt: skip
+    assert again.returncode != 0  # an existing account is not overwritten without --reset
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = await serve_until_ready(["--port", str(port), "--data-dir", str(data)], env, ROOT, url)
+    try:
+        wrong = await Browser(url).post(
+            "/dashboard/login", {"username": "dr-house", "password": "another password entirely"}
+        )
+        assert wrong.code != 302
+        staff = Browser(url)
+        await staff.login("dr-house", password)
+        page = await staff.get("/dashboard/api-keys")  # an admin's page
+        assert page.code == 200, page.code
+    finally:
+        output = await stop(proc)
+    assert password not in output

@@ -18,7 +18,7 @@ from handlers.socket import CLOSED, FULL, SENT, stream_send
 from server.app.metrics import METRICS
 from server.delivery import wire
 from server.delivery.hub import Subscription
-from tests.support import Api, Socket, serve_node
+from tests.support import Api, Socket, serve_node, wait_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -77,12 +77,10 @@ def dropped() -> float:
 
 async def server_side(running, user_id: str):
     """The server's WebSocket connection of a user's (only) socket."""
-    for _ in range(100):
-        subs = running.node.hub.user_subscriptions(user_id)
-        if subs:
-            return next(iter(subs)).conn
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{user_id} never subscribed")
+    subs = await wait_for(
+        lambda: running.node.hub.user_subscriptions(user_id), what=f"{user_id} subscribed"
+    )
+    return next(iter(subs)).conn
 
 
 async def test_an_idle_socket_gets_the_bytes_at_once_without_buffering(node, api):

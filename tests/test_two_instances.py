@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.support import Api, Socket
+from tests.support import Api, Socket, wait_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -40,12 +40,13 @@ async def test_concurrent_creates_on_two_nodes_replay_in_order_without_gaps(
         m["id"] for m in sorted(mine, key=lambda m: int(m["cursor"]))
     ]
     assert (await back.expect("replay_done"))["cursor"] == replayed[-1]["cursor"]
-    await back.nothing()
 
     live = await drain(watcher, 41)
     assert [n["id"] for n in live][1:] == [n["id"] for n in replayed]
     assert [int(n["cursor"]) for n in live] == sorted(int(n["cursor"]) for n in live)
-    await watcher.nothing()
+    last = await a.notify("p-1", "sentinel")
+    for sock in (back, watcher):  # the next one each: nothing came twice before it
+        assert (await sock.expect("notification"))["notification"]["id"] == last["id"]
 
 
 async def test_a_notification_created_on_one_node_reaches_a_socket_on_the_other(
@@ -85,15 +86,14 @@ async def test_a_device_resuming_on_a_node_that_lags_never_gets_its_cursor_again
     for created in seen:
         assert (await device.expect("notification"))["notification"]["id"] == created["id"]
     device.close()
-    while not heard:  # node B has the doorbell but has not dispatched it
-        await asyncio.sleep(0.01)
+    await wait_for(lambda: heard, what="node B has the doorbell but has not dispatched it")
     assert hub.seq < int(seen[-1]["cursor"])
 
     back = await Socket.open(second_node.url, await b.token("p-1"), since=seen[-1]["cursor"])
     assert (await back.expect("welcome"))["recovered"] is True
     assert (await back.expect("replay_done"))["cursor"] == seen[-1]["cursor"]
-    hear.set()  # B now dispatches what the device already has
-    await back.nothing(0.5)
+    hear.set()  # B now dispatches what the device already has: none of it may come again
     later = await a.notify("p-1", "after")
     assert (await back.expect("notification"))["notification"]["id"] == later["id"]
-    await back.nothing()
+    last = await a.notify("p-1", "sentinel")
+    assert (await back.expect("notification"))["notification"]["id"] == last["id"]

@@ -674,13 +674,18 @@
         }
       }
 
-      /** Release a link's timers and handlers and close it. */
-      _teardown(link, code, reason) {
+      /** Release a link's timers and handlers. */
+      _release(link) {
         clearTimeout(link.timer);
         clearInterval(link.pingTimer);
         clearTimeout(link.pongTimer);
         clearTimeout(this._refreshTimer);
         link.detach();
+      }
+
+      /** Release a link and close it. */
+      _teardown(link, code, reason) {
+        this._release(link);
         link.close(code === CLOSE_NORMAL ? CLOSE_NORMAL : CLOSE_DEAD, reason);
       }
 
@@ -692,11 +697,7 @@
         this._link = null;
         this._quiet = false;
         if (closedByPeer) {
-          clearTimeout(link.timer);
-          clearInterval(link.pingTimer);
-          clearTimeout(link.pongTimer);
-          clearTimeout(this._refreshTimer);
-          link.detach();
+          this._release(link);
         } else {
           // Don't wait for a closing handshake a dead peer will never answer.
           this._teardown(link, code, reason);
@@ -719,14 +720,15 @@
           this._retry(code, reason, this._minDelay / 2);
           return;
         }
-        if (link.httpStatus === 403) {
-          this._reportOrigin(reason);
+        var fallback = this._transport === "auto" && link.kind === "websocket";
+        if (link.httpStatus === 403 && !fallback) {
+          this._reportOrigin(reason); // SSE's answer, or the socket's where there is no SSE
         } else if (code === CLOSE_POLICY) {
           this._tokenSuspect = true; // e.g. the token expired while connected
           this._emit("error", { code: "policy_close", message: reason || "closed by policy" });
         } else if (!link.upgraded) {
           if (!link.httpStatus) {
-            this._diagnose(link);
+            this._diagnose();
           }
           // Browsers hide a refused upgrade's status (401) behind the same close as a network
           // failure, so repeated failures are the cue for a new token: after the 2nd, 4th,
@@ -735,8 +737,11 @@
           if (this._failures >= 2 && (this._failures & (this._failures - 1)) === 0) {
             this._tokenSuspect = true;
           }
-          if (this._transport === "auto" && link.kind === "websocket" && !link.httpStatus) {
-            this._useSse = true; // the socket cannot open: SSE next, at once, still connecting
+          if (fallback) {
+            // The socket cannot open (a proxy that refuses upgrades answers 400, 403, 502...,
+            // or nothing): SSE next, at once, still "connecting". A refused Origin or token
+            // is refused there too, and readably.
+            this._useSse = true;
             var self = this;
             this._timer = setTimeout(function () {
               self._timer = null;
@@ -764,7 +769,7 @@
       }
 
       /** A cross-origin page whose socket will not open: is it the Origin the service refuses? */
-      _diagnose(link) {
+      _diagnose() {
         var pageOrigin = crossOrigin(this._base);
         if (this._diagnosed || !pageOrigin || typeof fetch !== "function") {
           return;
@@ -784,7 +789,6 @@
             }, function () {});
           },
         );
-        return link;
       }
 
       _reportOrigin(reason, pageOrigin) {
@@ -969,6 +973,9 @@
             break;
           case "unread_count":
             this._setUnread(frame.count);
+            break;
+          case "close": // SSE only: what a socket's close code and reason say
+            this._drop(link, frame.code, frame.reason, false);
             break;
           case "error":
             if (!link.welcomed) {

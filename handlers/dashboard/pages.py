@@ -75,7 +75,11 @@ class OverviewHandler(PageHandler):
     @web.authenticated
     async def get(self) -> None:
         """Connections, users, sent and delivered, and a chart; kept live by the staff socket."""
-        self.render_page("overview.html", overview=await self.dashboard.overview())
+        minutes = self.config.critical_ack_seconds / 60
+        after = f"{minutes:g} minute{'s' if minutes != 1 else ''}"
+        self.render_page(
+            "overview.html", overview=await self.dashboard.overview(), ack_minutes=after
+        )
 
 
 class ConnectionsHandler(PageHandler):
@@ -142,6 +146,22 @@ class CancelHandler(PageHandler):
         self.redirect("/dashboard/history?status=scheduled")
 
 
+class AcknowledgeHandler(PageHandler):
+    @web.authenticated
+    async def post(self, notification_id: str) -> None:
+        """Acknowledge a notification on its user's behalf, with a note (audited)."""
+        try:
+            form = self.form(forms.AcknowledgeForm())
+            await self.dashboard.acknowledge(notification_id, self.actor, form["note"])
+        except ValidationFailed as exc:
+            self.flash("The note is too long." if "note" in exc.fields else exc.message)
+        except (NotFound, Conflict) as exc:
+            self.flash(exc.message)
+        else:
+            self.flash("Acknowledged on the user's behalf.")
+        self.redirect("/dashboard")
+
+
 class TestClientHandler(PageHandler):
     @web.authenticated
     async def get(self) -> None:
@@ -203,6 +223,7 @@ default_handlers = [
     (r"/dashboard/compose", ComposeHandler),
     (r"/dashboard/history", HistoryHandler),
     (rf"/dashboard/history/{ID}/cancel", CancelHandler),
+    (rf"/dashboard/notifications/{ID}/acknowledge", AcknowledgeHandler),
     (r"/dashboard/test-client", TestClientHandler),
     (r"/dashboard/test-client/token", TestTokenHandler),
     (r"/dashboard/account", AccountHandler),

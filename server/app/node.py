@@ -16,6 +16,7 @@ from pymongo.errors import ConnectionFailure, OperationFailure
 from server.app import logs
 from server.app.audit import Audit
 from server.app.errors import StorageUnavailable
+from server.app.idempotency import Idempotency
 from server.app.secret_files import local_secret
 from server.app.store import Store, connect
 from server.app.timeutil import utcnow
@@ -26,10 +27,12 @@ from server.delivery.bus import Bus
 from server.delivery.hub import Hub
 from server.delivery.presence import ClusterPresence
 from server.delivery.protocol import ConnectionProtocol
+from server.escalation.service import Escalation
 from server.feed.notifications import Notifications
 from server.feed.scheduler import ScheduledStore, Scheduler
 from server.feed.sequencer import Sequencer
 from server.feed.timeline import Timeline
+from server.webhooks.service import Webhooks
 from settings import Settings
 
 log = logging.getLogger("notify.node")
@@ -67,6 +70,9 @@ class Node:
     dashboard: Dashboard | None = None
     limits: RateLimits | None = None
     protocol: ConnectionProtocol | None = None
+    escalation: Escalation | None = None
+    webhooks: Webhooks | None = None
+    idempotency: Idempotency | None = None
     # The key of user-id pseudonyms in log lines; None writes user ids as they are.
     log_key: bytes | None = None
 
@@ -121,10 +127,20 @@ class Node:
         )
         notifications.critical_ack = timedelta(seconds=settings.critical_ack_seconds)
         limits = RateLimits(settings)
+        escalation = Escalation(store, notifications, scheduler, bus, hub)
+        escalation.wire()
         protocol = ConnectionProtocol(
-            hub, notifications, store, tokens, audit, limits, settings.storage_timeout
+            hub,
+            notifications,
+            store,
+            tokens,
+            audit,
+            limits,
+            settings.storage_timeout,
+            acknowledgements=escalation.acks,
         )
-        return cls(
+        webhooks = Webhooks(store.db, store, notifications.timeline, scheduler, settings)
+        node = cls(
             settings,
             client,
             store,
@@ -140,8 +156,14 @@ class Node:
             cluster=cluster,
             limits=limits,
             protocol=protocol,
+            escalation=escalation,
+            webhooks=webhooks,
+            idempotency=Idempotency(store.db, settings.idempotency_in_flight_seconds),
             log_key=None if settings.log_user_ids else logs.pseudonym_key(token_secret(settings)),
         )
+        # Pushing the original again is the push service's, once the node has one.
+        escalation.push = lambda: getattr(node, "push", None)
+        return node
 
     async def start(self) -> None:
         """Create indexes, find the feed's highest seq, start the writer and the bus."""
@@ -152,6 +174,7 @@ class Node:
         if self.scheduler is not None:
             await self.scheduler.store.create_indexes()
             self.scheduler.start()
+        self.webhooks.start()
         self.bus.start()
         await self.cluster.start(self.started_at)
         self.dashboard = Dashboard(
@@ -163,6 +186,7 @@ class Node:
             self.limits,
             self.stats,
             self.presence,
+            self.escalation.acks,
         )
         await self.dashboard.start()
 
@@ -174,6 +198,8 @@ class Node:
                 await self.audit.create_indexes()
                 await self.cluster.create_indexes()
                 await self.notifications.timeline.create_indexes()
+                await self.webhooks.create_indexes()
+                await self.idempotency.create_indexes()
                 return
             except (ConnectionFailure, OperationFailure) as exc:
                 code = getattr(exc, "code", None)
@@ -206,6 +232,7 @@ class Node:
         await self.bus.stop()
         if self.scheduler is not None:
             await self.scheduler.stop()
+        await self.webhooks.stop()  # after the queue: it claims no attempt from now on
         await self.sequencer.stop()
         await self.audit.stop()
         await self.client.close()

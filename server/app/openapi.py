@@ -30,6 +30,11 @@ UserPath = Schema.from_dict({"user_id": schemas.Id(required=True)}, name="UserPa
 NotificationPath = Schema.from_dict(
     {"notification_id": schemas.Id(required=True)}, name="NotificationPath"
 )
+WebhookPath = Schema.from_dict({"webhook_id": schemas.Id(required=True)}, name="WebhookPath")
+DeliveryPath = Schema.from_dict(
+    {"webhook_id": schemas.Id(required=True), "delivery_id": schemas.Id(required=True)},
+    name="DeliveryPath",
+)
 UserNotificationPath = Schema.from_dict(
     {"user_id": schemas.Id(required=True), "notification_id": schemas.Id(required=True)},
     name="UserNotificationPath",
@@ -40,10 +45,32 @@ ERRORS = {
     401: ("Unauthorized", "No credential, or an unknown, revoked or expired one."),
     403: ("Forbidden", "The API key lacks the scope, or the token is another user's."),
     404: ("NotFound", "No such notification (for this user), or no such path."),
-    409: ("Conflict", "The notification was already sent."),
+    409: (
+        "Conflict",
+        "The notification was already sent or is a broadcast (acknowledge), the delivery is "
+        "not failed, or a request with this Idempotency-Key is still running "
+        "(`idempotency_in_flight`).",
+    ),
     413: ("PayloadTooLarge", "The body is larger than the service accepts."),
+    422: (
+        "IdempotencyMismatch",
+        "This Idempotency-Key was used with another body (`idempotency_mismatch`).",
+    ),
     429: ("RateLimited", "Too many requests; retry after `Retry-After` seconds."),
     503: ("StorageUnavailable", "Storage is unreachable or slow; retry."),
+}
+
+
+IDEMPOTENCY_KEY = {
+    "in": "header",
+    "name": "Idempotency-Key",
+    "required": False,
+    "description": "1 to 255 printable ASCII characters, scoped to the API key. Within 24 "
+    "hours the same key with the same body (the same JSON value) returns the first answer "
+    "(same status, body and ids; header `Idempotent-Replayed: true`) and stores nothing new, "
+    "on any node; another body is 422 `idempotency_mismatch`; while the first request runs, "
+    "409 `idempotency_in_flight`.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
 }
 
 
@@ -64,10 +91,13 @@ class Route:
     params: type[Schema] | None = None
     extra: tuple[int, ...] = ()
     tag: str = "notifications"
+    idempotent: bool = False  # takes an Idempotency-Key header (CONTRACT §10)
 
     def errors(self) -> list[int]:
         """The error statuses this route can answer."""
         codes = {429, *self.extra}
+        if self.idempotent:
+            codes |= {409, 422}
         if self.scope:
             codes |= {401, 403, 503}  # an API key is looked up in MongoDB
         if self.body:
@@ -92,7 +122,7 @@ ROUTES = (
         "post", "/v1/notifications",
         "Store and deliver a notification (user_id), or one per user (user_ids: an array back)",
         {"oneOf": [schemas.NotificationOut, _many(schemas.NotificationOut)]}, 201,
-        scope="notify", body=schemas.NotificationIn,
+        scope="notify", body=schemas.NotificationIn, idempotent=True,
     ),
     Route(
         "get", "/v1/notifications/{notification_id}",
@@ -107,6 +137,33 @@ ROUTES = (
     Route(
         "post", "/v1/broadcasts", "Store and deliver a broadcast to everyone or a role",
         schemas.NotificationOut, 201, scope="broadcast", body=schemas.BroadcastIn,
+        idempotent=True,
+    ),
+    Route(
+        "post", "/v1/webhooks",
+        "Register a webhook endpoint; its signing secret is in this answer only",
+        schemas.WebhookOut, 201, scope="admin", body=schemas.WebhookIn, idempotent=True,
+        tag="webhooks",
+    ),
+    Route(
+        "get", "/v1/webhooks", "Every webhook endpoint, without secrets",
+        schemas.WebhookListOut, scope="admin", tag="webhooks",
+    ),
+    Route(
+        "delete", "/v1/webhooks/{webhook_id}", "Delete a webhook endpoint and its deliveries",
+        schemas.DeletedOut, scope="admin", params=WebhookPath, tag="webhooks",
+    ),
+    Route(
+        "get", "/v1/webhooks/{webhook_id}/deliveries",
+        "An endpoint's deliveries, newest first (`status=failed` for the failed ones)",
+        schemas.DeliveryListOut, scope="admin", params=WebhookPath,
+        query=schemas.DeliveriesQuery, tag="webhooks",
+    ),
+    Route(
+        "post", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry",
+        "One more attempt of a failed delivery, now, with the same webhook-id",
+        schemas.DeliveryOut, 202, scope="admin", params=DeliveryPath, extra=(409,),
+        tag="webhooks",
     ),
     Route(
         "get", "/v1/users/{user_id}/notifications",
@@ -122,6 +179,12 @@ ROUTES = (
         "post", "/v1/users/{user_id}/notifications/{notification_id}/read",
         "Mark one notification read (every device of the user hears of it)",
         schemas.NotificationOut, scope="read", own_user=True, params=UserNotificationPath,
+    ),
+    Route(
+        "post", "/v1/users/{user_id}/notifications/{notification_id}/acknowledge",
+        "Acknowledge a notification (a person's act; stops its escalation); idempotent",
+        schemas.NotificationOut, scope="read", own_user=True, body=schemas.AcknowledgeIn,
+        params=UserNotificationPath, extra=(409,),
     ),
     Route(
         "post", "/v1/users/{user_id}/notifications/read-all",
@@ -169,7 +232,8 @@ def build_spec() -> APISpec:
             "description": "REST API for integrators. Every JSON answer except this document "
             'is an envelope: `{"success": true, "data": ...}` or `{"success": false, '
             '"error": {"code", "message", "fields"?}}`. Live delivery is the WebSocket '
-            "`GET /v1/ws/notifications` (not described here)."
+            "`GET /v1/ws/notifications`, and its Server-Sent Events fallback "
+            "`GET /v1/sse/notifications` (neither described here)."
         },
     )
     spec.components.security_scheme(
@@ -217,6 +281,8 @@ def _operation(spec: APISpec, route: Route) -> dict:
         parameters.append({"in": "path", "schema": route.params})
     if route.query:
         parameters.append({"in": "query", "schema": route.query})
+    if route.idempotent:
+        parameters.append(IDEMPOTENCY_KEY)
     if parameters:
         operation["parameters"] = parameters
     if route.body:
@@ -228,7 +294,7 @@ def _operation(spec: APISpec, route: Route) -> dict:
 
 
 def _success(spec: APISpec, route: Route) -> dict:
-    description = "Created" if route.status == 201 else "OK"
+    description = {201: "Created", 202: "Accepted"}.get(route.status, "OK")
     if route.answer is None:  # Prometheus text, or this document itself
         schema = {"type": "string" if route.media.startswith("text/") else "object"}
         return {"description": description, "content": {route.media: {"schema": schema}}}

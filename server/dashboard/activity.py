@@ -232,6 +232,7 @@ def connection_row(sub: Subscription) -> dict[str, Any]:
         "roles": list(sub.roles),
         "user_agent": sub.user_agent,
         "ip": sub.ip,
+        "transport": getattr(sub.conn, "transport", "websocket"),
         "since": iso(sub.connected_at),
         "last_active": iso(sub.last_active or sub.connected_at),
     }

@@ -34,3 +34,18 @@ def text_frame(payload: bytes) -> bytes:
 def frame(message: dict[str, Any]) -> bytes:
     """Encode and frame a message in one step."""
     return text_frame(encode(message))
+
+
+def payloads(data: bytes) -> list[bytes]:
+    """The payloads of one or more text frames written back to back (as ``frame`` makes
+    them): what a transport other than the WebSocket (SSE) sends of the hub's bytes."""
+    found, at, end = [], 0, len(data)
+    while at < end:
+        size, at = data[at + 1] & 0x7F, at + 2
+        if size == 126:
+            size, at = struct.unpack_from("!H", data, at)[0], at + 2
+        elif size == 127:
+            size, at = struct.unpack_from("!Q", data, at)[0], at + 8
+        found.append(data[at : at + size])
+        at += size
+    return found

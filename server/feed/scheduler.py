@@ -37,7 +37,7 @@ from typing import Any
 from bson import ObjectId
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from server.app.errors import Conflict, StorageUnavailable
 from server.app.metrics import METRICS
@@ -97,6 +97,34 @@ class ScheduledStore:
         except DuplicateKeyError:
             return False
         return True
+
+    async def put_many(
+        self, entries: list[tuple[str, str, int, dict[str, Any], str | None]]
+    ) -> None:
+        """Enqueue several ``(kind, key, due_ms, payload, ref)`` in one write; keys already
+        queued are kept as they are."""
+        now = utcnow()
+        docs = []
+        for kind, key, due_ms, payload, ref in entries:
+            doc = {
+                "_id": key,
+                "kind": kind,
+                "state": PENDING,
+                "claim_ms": due_ms,
+                "claimed_by": None,
+                "claim": None,
+                "attempts": 0,
+                "scheduled_at": now,
+                "payload": payload,
+            }
+            if ref is not None:
+                doc["ref"] = ref
+            docs.append(doc)
+        try:
+            await self.collection.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                raise
 
     async def drop(self, ref: str, kinds: list[str]) -> int:
         """Delete the pending work of these kinds about one notification; how many."""
@@ -187,11 +215,29 @@ class ScheduledStore:
 
     async def retry(self, entries: list[dict], at_ms: dict[str, int]) -> None:
         """Free claimed entries for another attempt, each at its own time."""
+        # One write per claim and time: a handler that leases a whole batch (webhooks) gives
+        # every entry the same time, and the loop should not wait for a write per entry.
+        groups: dict[tuple[str, int], list[str]] = {}
         for entry in entries:
-            await self.collection.update_one(
-                {"_id": entry["_id"], "claim": entry["claim"]},
-                {"$set": {"claim_ms": at_ms[entry["_id"]], "state": PENDING}},
+            groups.setdefault((entry["claim"], at_ms[entry["_id"]]), []).append(entry["_id"])
+        for (claim, when), ids in groups.items():
+            await self.collection.update_many(
+                {"_id": {"$in": ids}, "claim": claim},
+                {"$set": {"claim_ms": when, "state": PENDING}},
             )
+
+    async def settle(self, entry: dict, at_ms: int | None) -> bool:
+        """Finish a claimed entry whose work went on after its handler returned.
+
+        ``at_ms`` None deletes it, else it is free again from ``at_ms``. The claim token is
+        replaced, so the scheduler's own later update of the same claim changes nothing;
+        False when another node retook the entry meanwhile (its lease ran out).
+        """
+        match = {"_id": entry["_id"], "claim": entry["claim"]}
+        if at_ms is None:
+            return (await self.collection.delete_one(match)).deleted_count == 1
+        change = {"claim_ms": at_ms, "state": PENDING, "claim": str(ObjectId())}
+        return (await self.collection.update_one(match, {"$set": change})).matched_count == 1
 
     async def cancel(self, entry_id: str) -> dict | None:
         """Delete a pending entry (not claimed yet); returns it, or None."""
@@ -245,9 +291,33 @@ class Scheduler:
             self._wake.set()
         return added
 
+    async def enqueue_many(self, work: list[tuple[str, str, datetime, dict, str | None]]) -> None:
+        """Queue several ``(kind, key, due_at, payload, ref)`` in one write (a planner's
+        batch); keys already queued stay as they are."""
+        if not work:
+            return
+        entries = [(k, key, millis(due), p, ref) for k, key, due, p, ref in work]
+        await self.store.put_many(entries)
+        earliest = min(e[2] for e in entries)
+        if self._wake_ms is None or earliest < self._wake_ms:
+            self._wake.set()
+
     async def drop(self, ref: str, kinds: list[str]) -> int:
         """Forget pending work of these kinds about notification ``ref``."""
         return await self.store.drop(ref, kinds)
+
+    async def settle(self, entry: dict, at: datetime | None) -> bool:
+        """Finish an entry a handler handed on to background work (see ``ScheduledStore``).
+
+        Such a handler returns ``{entry_id: lease_end_ms}`` for it, so that another node
+        takes it again if this one dies; the background work then settles it: done (None),
+        or due again at ``at``.
+        """
+        at_ms = None if at is None else millis(at)
+        settled = await self.store.settle(entry, at_ms)
+        if at_ms is not None and (self._wake_ms is None or at_ms < self._wake_ms):
+            self._wake.set()
+        return settled
 
     def start(self) -> None:
         """Start the loop."""

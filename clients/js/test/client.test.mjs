@@ -35,6 +35,8 @@ test("ESM import and CommonJS require give the same class", async () => {
   assert.equal(esm.compareCursors("9", "10") < 0, true);
   assert.throws(() => new NotifyClient({}), /token or a getToken/);
   assert.throws(() => new NotifyClient({ token: "t", transport: "smoke" }), /transport/);
+  // Node 20 has no global WebSocket: the socket-only transport needs one given.
+  assert.throws(() => new NotifyClient({ token: "t", transport: "websocket" }), /WebSocket option/);
 });
 
 test("live over the socket: ack, read, unread count, cursor in the given storage", async () => {
@@ -176,28 +178,94 @@ test("a refused Origin is reported with a hint", async () => {
 });
 
 describe("acknowledge", () => {
-  test("sends the contract's frame and reports acknowledged from the service", async (t) => {
+  test("sends the contract's frame; this and the user's other device hear acknowledged", async () => {
     const { c, log } = client({ token: tokenFor("js-7") });
+    const other = client({ token: tokenFor("js-7") });
+    c.connect();
+    other.c.connect();
+    try {
+      await until(() => c.status === "open" && other.c.status === "open");
+      const made = await service.notify("js-7", "Critical", { priority: "critical" });
+      await until(() => c.notifications.length === 1 && other.c.notifications.length === 1);
+      await c.acknowledge(made.id, "seen it");
+      await until(() => log.of("acknowledged").length && other.log.of("acknowledged").length);
+      assert.deepEqual(log.of("error"), []);
+      assert.deepEqual(log.of("acknowledged"), [{ id: made.id }]);
+      assert.deepEqual(other.log.of("acknowledged"), [{ id: made.id }]);
+      assert.ok(c.notifications[0].acknowledged_at);
+      assert.ok(other.c.notifications[0].acknowledged_at);
+    } finally {
+      c.close();
+      other.c.close();
+    }
+  });
+});
+
+describe("SSE", () => {
+  test("transport sse: live, read over REST, resume with since after a close", async () => {
+    const storage = memoryStorage();
+    const { c, log } = client({ token: tokenFor("js-8"), transport: "sse", storage, WebSocket: undefined });
     c.connect();
     try {
-      await until(() => c.status === "open");
-      const made = await service.notify("js-7", "Critical", { priority: "critical" });
-      await until(() => c.notifications.length === 1);
-      await c.acknowledge(made.id, "seen it");
-      const answered = await until(
-        () => log.of("acknowledged").length || log.of("error").length,
-        20000,
-        "an answer",
-      );
-      if (log.of("error").some((e) => e.code === "bad_frame")) {
-        t.skip("this service does not know the acknowledge frame yet (CONTRACT section 8)");
-        return;
-      }
-      assert.ok(answered);
-      assert.deepEqual(log.of("acknowledged"), [{ id: made.id }]);
-      assert.ok(c.notifications[0].acknowledged_at);
+      await until(() => c.status === "open", 20000, "open");
+      assert.equal(c.transport, "sse");
+      const made = await service.notify("js-8", "over SSE");
+      await until(() => c.notifications.length === 1, 20000, "the notification");
+      assert.equal(c.notifications[0].id, made.id);
+      await c.markRead(made.id); // REST on this transport
+      await until(() => c.unreadCount === 0, 20000, "unread 0");
+      c.close();
+      const missed = await service.notify("js-8", "while away");
+      c.connect();
+      await until(() => c.notifications.length === 2, 20000, "the replay");
+      assert.equal(c.notifications[1].id, missed.id);
+      assert.deepEqual(log.filter((e) => e.type === "notification").map((e) => e.info.source), ["live", "replay"]);
+      assert.deepEqual(log.of("error"), []);
     } finally {
       c.close();
     }
+  });
+
+  test("auto: a socket that cannot open falls back to SSE at once", async () => {
+    class Blocked extends WS {
+      constructor(url) {
+        super(url.replace("/v1/ws/notifications", "/v1/no-socket-here")); // the upgrade is refused
+      }
+    }
+    const { c, log } = client({ token: tokenFor("js-9"), WebSocket: Blocked });
+    c.connect();
+    try {
+      await until(() => c.status === "open", 20000, "open");
+      assert.equal(c.transport, "sse");
+      assert.deepEqual(statuses(log), ["connecting", "open"]); // no "closed" in between
+      const made = await service.notify("js-9", "fallback");
+      await until(() => c.notifications.some((n) => n.id === made.id), 20000, "delivery");
+    } finally {
+      c.close();
+    }
+  });
+
+  test("the stream's close event: an expired token without getToken ends unauthorized", async () => {
+    const { c, log } = client({ token: tokenFor("js-11", 2), transport: "sse" });
+    c.connect();
+    await until(() => c.status === "open", 20000, "open");
+    await until(() => c.status === "unauthorized", 20000, "unauthorized");
+    const [closed] = log.of("status").filter((s) => s.code === 1008);
+    assert.match(closed.reason, /token expired/); // the close event's code and reason
+    assert.deepEqual(log.of("error").map((e) => e.code), ["policy_close", "token_refused", "unauthorized"]);
+  });
+
+  test("a refused token on SSE counts toward unauthorized", async () => {
+    let asked = 0;
+    const { c } = client({
+      transport: "sse",
+      getToken: () => {
+        asked += 1;
+        return tokenFor("js-10", 600, "not-the-service-secret-0123456789-xyz");
+      },
+    });
+    c.connect();
+    await until(() => c.status === "unauthorized", 20000, "unauthorized");
+    assert.equal(asked, 2);
   });
 });

@@ -26,3 +26,11 @@ test("the README's options table lists every option with its default", () => {
     }
   }
 });
+
+test("NotifyClient.version is the package's, and the React package depends on it", () => {
+  const pkg = JSON.parse(here("package.json"));
+  assert.equal(NotifyClient.version, pkg.version);
+  const react = JSON.parse(readFileSync(new URL("../../react/package.json", import.meta.url), "utf8"));
+  assert.equal(react.dependencies["@clinic-notify/client"], `^${pkg.version}`);
+  assert.equal(Object.keys(pkg.dependencies || {}).length, 0); // no runtime dependencies
+});
