@@ -61,6 +61,9 @@ class Settings:
         1048576, "per-socket unsent bytes before a slow reader is dropped"
     )
     replay_limit: int = setting(500, "most notifications replayed on reconnect")
+    replay_window_bytes: int = setting(
+        67108864, "memory for recent notifications that answer replays without a database read"
+    )
     retention_days: int = setting(90, "days a notification is kept (TTL index) after it expires")
     audit_retention_days: int = setting(365, "days audit entries are kept (TTL index)")
     critical_ack_seconds: int = setting(
@@ -145,6 +148,31 @@ class Settings:
     staff_recheck_seconds: float = setting(
         60.0, "how often an open staff socket checks that its session still holds"
     )
+    # Web Push (CONTRACT §6, docs/push.md). Times are settings so that tests can scale them.
+    push_grace_seconds: float = setting(
+        10.0, "seconds a notification waits for a socket's ack before it is pushed (0: at once)"
+    )
+    push_attempts: int = setting(5, "most attempts of one push to one device (429 and 5xx retry)")
+    push_retry_seconds: float = setting(
+        2.0, "first delay before retrying a push; doubles each time (Retry-After wins if longer)"
+    )
+    push_ttl_seconds: int = setting(
+        86400, "how long a push service keeps a push for an offline device (without expires_at)"
+    )
+    push_content: str = setting(
+        "minimal", "minimal (type's default title only) or full (adds the title and message)"
+    )
+    push_sweep_seconds: float = setting(
+        1.0, "how often a node looks for notifications whose grace period has passed"
+    )
+    push_timeout_seconds: float = setting(10.0, "seconds one request to a push service may take")
+    push_concurrency: int = setting(32, "requests in flight at once to one push service")
+    vapid_subject: str = setting(
+        "", "mailto: or https: contact in every VAPID JWT (required outside development)"
+    )
+    vapid_private_key: str = setting(
+        "", "VAPID private key (base64url, 32 bytes); empty: made once and kept in MongoDB"
+    )
     log_level: str = setting("INFO", "log level")
     debug: bool = setting(False, "Tornado debug mode (never in production)")
 
@@ -174,11 +202,17 @@ class Settings:
 
     @property
     def webhook_retries(self) -> tuple[float, ...]:
-        """The delays before each webhook retry, in seconds (ValueError if malformed)."""
+        """The delays before each webhook retry, in seconds (a malformed list stops start-up)."""
         parts = [p.strip() for p in self.webhook_retry_seconds.split(",") if p.strip()]
-        delays = tuple(float(p) for p in parts)
-        if any(not 0 <= d <= 7 * 86400 for d in delays):
-            raise ValueError("webhook retry delays must be between 0 and 604800 seconds")
+        try:
+            delays = tuple(float(p) for p in parts)
+        except ValueError:
+            delays = (-1.0,)
+        if len(delays) > 20 or any(not 0 <= d <= 7 * 86400 for d in delays):
+            raise SystemExit(
+                f"setting NOTIFY_WEBHOOK_RETRY_SECONDS: cannot read {self.webhook_retry_seconds!r}"
+                " as up to 20 comma-separated delays of 0 to 604800 seconds"
+            )
         return delays
 
     def with_(self, **changes: Any) -> Settings:

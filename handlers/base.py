@@ -209,11 +209,19 @@ class APIHandler(BaseHandler):
         principal.require_scope(scope)
         return principal
 
-    async def require_user(self, user_id: str) -> tuple[Principal, tuple[str, ...]]:
-        """Authenticate as that user's token or a ``read`` key; returns the user's roles."""
+    async def require_user(self, user_id: str, *scopes: str) -> tuple[Principal, tuple[str, ...]]:
+        """Authenticate as that user's token or a key with one of ``scopes`` (``read``).
+
+        Returns the user's roles.
+        """
         self.audit_target = user_id
         principal = await self.authenticate()
-        principal.require_user(user_id)
+        scopes = scopes or ("read",)
+        if principal.kind == "api_key" and len(scopes) > 1:
+            # The first scope the key holds, so the refusal (if any) names the first one.
+            held = [s for s in scopes if s in principal.scopes or "admin" in principal.scopes]
+            scopes = (held or scopes)[:1]
+        principal.require_user(user_id, scopes[0])
         roles = principal.roles if principal.kind == "token" else None
         return principal, await self.services.notifications.roles_of(user_id, roles)
 

@@ -46,10 +46,14 @@ def stream_send(conn: websocket.WebSocketProtocol | None, data: bytes, limit: in
     Returns SENT, CLOSED, or FULL when more than ``limit`` bytes would be queued (a slow
     reader, whom the caller drops rather than let memory grow).
     """
-    if conn is None or conn.is_closing():  # the stream closed, or a close frame went out
+    if conn is None:
         return CLOSED
     stream = conn.stream
-    queued = len(stream._write_buffer)
+    # conn.is_closing() and len() spelled out: this runs once per socket in every fan-out,
+    # and each call costs more than the test it wraps (Tornado is pinned; see the tests).
+    if stream._closed or conn.client_terminated or conn.server_terminated:
+        return CLOSED  # the stream closed, or a close frame went out
+    queued = stream._write_buffer._size
     if not queued and type(stream) is IOStream:
         try:
             sent = stream.socket.send(data)

@@ -204,7 +204,9 @@
         const who = el("td");
         who.appendChild(el("a", { href: "/dashboard/history?user=" + encodeURIComponent(item.user_id) }, item.user_id));
         tr.appendChild(who);
-        tr.appendChild(el("td", {}, item.title));
+        const title = el("td");
+        title.appendChild(el("a", { href: "/dashboard/history/" + encodeURIComponent(item.id) }, item.title));
+        tr.appendChild(title);
         tr.appendChild(ackCell(item.id));
         return tr;
       });

@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import pytest
 
+from server.app.metrics import METRICS
 from server.app.timeutil import iso, utcnow
 from server.escalation import ladder
 from tests.support import Api, Socket, serve_node
@@ -48,8 +49,27 @@ def alerts_in(db, nid: str):
     return db.notifications.find({"data.escalated_from": nid}).to_list()
 
 
+def repushes_of(node) -> list[tuple[str, str]] | None:
+    """What the node's push service is asked to push again (its real push_now still runs);
+    None when the node has no push service."""
+    push = getattr(node.node, "push", None)
+    if push is None:
+        return None
+    calls: list[tuple[str, str]] = []
+    real = push.push_now
+
+    async def push_now(doc: dict, reason: str) -> None:
+        calls.append((doc["_id"], reason))
+        await real(doc, reason)
+
+    push.push_now = push_now
+    return calls
+
+
 async def queued(node, nid: str) -> list[str]:
-    entries = await node.node.scheduler.store.collection.find({"ref": nid}).to_list()
+    """The escalation work queued about a notification (other capabilities' aside)."""
+    query = {"ref": nid, "kind": {"$in": ["escalate", "ack_expiry"]}}
+    entries = await node.node.scheduler.store.collection.find(query).to_list()
     return sorted(e["_id"] for e in entries)
 
 
@@ -136,7 +156,8 @@ async def test_every_invalid_ladder_is_a_400_that_stores_nothing(
         if messages:
             assert error["fields"]["escalation"] == messages
     assert (await api.get("/v1/users/bad-1/notifications"))["items"] == []
-    assert await node.node.scheduler.store.collection.count_documents({}) == 0
+    about = {"kind": {"$in": ["escalate", "ack_expiry", "send"]}}  # not a push sweep
+    assert await node.node.scheduler.store.collection.count_documents(about) == 0
 
 
 async def test_field_messages_name_the_step(api):
@@ -193,10 +214,13 @@ async def test_acknowledge_with_the_users_token_once(node, api):
 async def test_acknowledge_with_an_api_key_names_the_key(node, api):
     reader, _ = await node.node.api_keys.create("ward-system", ["read"])
     created = await critical(api, "a-2")
+    counted = METRICS.registry.get_sample_value("notify_acknowledged_total", {"by": "key"}) or 0
     done = await api.post(
         f"/v1/users/a-2/notifications/{created['id']}/acknowledge", key=reader
     )  # no body at all: the note is optional
     assert done["acknowledged_by"] == "key:ward-system"
+    after = METRICS.registry.get_sample_value("notify_acknowledged_total", {"by": "key"})
+    assert after == counted + 1
     events = await timeline(api, created["id"])
     assert events[-1] == {
         "at": done["acknowledged_at"],
@@ -336,6 +360,7 @@ async def test_ladder_to_a_role_then_to_users(node, api):
         {"after_seconds": 1, "to_role": "nurse"},
         {"after_seconds": 2, "to_user_ids": ["dr-1", "dr-2"]},
     ]
+    pushed = repushes_of(node)
     created = await critical(api, "l-1", escalation=steps)
     assert await queued(node, created["id"]) == [
         f"escalate:{created['id']}:1",
@@ -350,8 +375,9 @@ async def test_ladder_to_a_role_then_to_users(node, api):
     assert alert["audience"] == "nurse" and alert["user_id"] is None
     assert alert["data"] == {"escalated_from": created["id"], "user_id": "l-1", "level": 1}
     assert "lr-1" not in json.dumps(alert)  # nothing of the original's content
-    again = await patient.expect("notification", timeout=15)
-    assert again["notification"]["id"] == created["id"]
+    if pushed is None:  # no push service on this node: the original again to the sockets
+        again = await patient.expect("notification", timeout=15)
+        assert again["notification"]["id"] == created["id"]
     # Level 2: each doctor gets their own alert.
     for sock, doctor in zip(doctors, ("dr-1", "dr-2"), strict=True):
         mine = (await sock.expect("notification", timeout=15))["notification"]
@@ -364,6 +390,9 @@ async def test_ladder_to_a_role_then_to_users(node, api):
         )
 
     await wait_until(both_recorded, what="two escalated events")
+    if pushed is not None:  # a push service: the original pushed again, once per level
+        # one reason per level: the push queue keeps one push per (notification, reason)
+        assert pushed == [(created["id"], "escalation:1"), (created["id"], "escalation:2")]
     escalated = [e for e in await timeline(api, created["id"]) if e["event"] == "escalated"]
     assert [(e["level"], e["to"]) for e in escalated] == [
         (1, {"role": "nurse"}),
@@ -432,6 +461,33 @@ async def test_nothing_escalates_after_expiry_and_the_expiry_is_on_record(node, 
         expired = [e for e in await timeline(api, other["id"]) if e["event"] == "expired"]
         assert expired == [{"at": other["expires_at"], "event": "expired"}]
     assert await queued(node, created["id"]) == []
+
+
+async def test_acknowledged_after_it_expired_still_expired_unacknowledged(node, api):
+    soon = utcnow() + timedelta(milliseconds=1200)
+    late = await critical(api, "e-3", expires_at=iso(soon))
+    in_time = await critical(api, "e-3", expires_at=iso(soon))
+    scheduler, expiry = node.node.scheduler, node.node.escalation.expiry
+    # Taken off the queue, to run them by hand after the acknowledgements below.
+    entries = [await scheduler.store.get(f"ack-expiry:{n['id']}") for n in (late, in_time)]
+    for n in (late, in_time):
+        assert await scheduler.drop(n["id"], ["ack_expiry"]) == 1
+    await api.post(f"/v1/users/e-3/notifications/{in_time['id']}/acknowledge")
+
+    async def expired() -> bool:
+        return "expired" in [e["event"] for e in await timeline(api, late["id"])]
+
+    await wait_until(expired, what="the expiry")
+    await api.post(f"/v1/users/e-3/notifications/{late['id']}/acknowledge")
+    assert await expiry.run(entries) == {}
+    assert (await timeline(api, late["id"]))[1] == {
+        "at": late["expires_at"],
+        "event": "expired",
+        "unacknowledged": True,
+    }
+    assert [e for e in await timeline(api, in_time["id"]) if e["event"] == "expired"] == [
+        {"at": in_time["expires_at"], "event": "expired"}
+    ]
 
 
 async def test_nothing_escalates_after_cancellation(node, api):
@@ -591,3 +647,114 @@ async def test_the_python_client_sends_a_ladder_and_acknowledges(node, api, api_
     events = [e for e in await timeline(api, made["id"]) if e["event"] == "acknowledged"]
     assert [(e["by"], e["note"]) for e in events] == [("key:tests", "called back")]
     assert await queued(node, made["id"]) == []
+
+
+async def test_the_history_page_shows_a_notifications_timeline(node, api):
+    staff = node.node.dashboard.staff
+    staff.hasher = FAST_HASHER
+    await staff.create("nurse", NURSE_PASSWORD, "staff", "test")
+    browser = Browser(node.url)
+    await browser.login("nurse", NURSE_PASSWORD)
+    steps = [{"after_seconds": 1, "to_role": "oncall"}]
+    created = await critical(api, "h-1", escalation=steps, title="<b>K+</b> 6.8")
+
+    async def escalated() -> bool:
+        return "escalated" in [e["event"] for e in await timeline(api, created["id"])]
+
+    await wait_until(escalated, what="the first step")
+    listing = text(await browser.get("/dashboard/history?user=h-1"))
+    assert f'href="/dashboard/history/{created["id"]}"' in listing
+    page = text(await browser.get(f"/dashboard/history/{created['id']}"))
+    assert "&lt;b&gt;K+&lt;/b&gt; 6.8" in page and "<b>K+</b>" not in page
+    assert 'data-event="created"' in page and 'data-event="escalated"' in page
+    assert "role <strong>oncall</strong>" in page and "needed, none yet" in page
+    done = await browser.post(
+        f"/dashboard/notifications/{created['id']}/acknowledge",
+        {"note": "paged the on-call nurse", "next": f"/dashboard/history/{created['id']}"},
+    )
+    assert done.headers["Location"] == f"/dashboard/history/{created['id']}"
+    page = text(await browser.get(f"/dashboard/history/{created['id']}"))
+    assert 'data-event="acknowledged"' in page and "paged the on-call nurse" in page
+    assert "staff:nurse" in page and "Acknowledge on the user" not in page
+    away = await browser.post(
+        f"/dashboard/notifications/{created['id']}/acknowledge",
+        {"next": "https://elsewhere.example/"},
+    )
+    assert away.headers["Location"] == "/dashboard"  # never off the dashboard
+    assert (await browser.get("/dashboard/history/no-such-id")).code == 404
+    later = await api.notify("h-2", "Reminder", deliver_at=iso(utcnow() + timedelta(hours=1)))
+    page = text(await browser.get(f"/dashboard/history/{later['id']}"))
+    assert 'data-event="scheduled"' in page
+
+
+# ---- what webhooks hear of it -------------------------------------------------------------
+
+
+async def test_webhooks_hear_acknowledged_escalated_and_expired_unacknowledged(settings, mongo_uri):
+    """The real flow (not recorded events) reaches a signed receiver once per event."""
+    from tests.test_webhooks import FAST, register
+    from tests.webhook_receiver import Receiver
+
+    receiver = Receiver()
+    await receiver.start()
+    running = await serve_node(settings.with_(**FAST), mongo_uri)
+    try:
+        key, _ = await running.node.api_keys.create("ehr", ["notify", "read", "tokens", "admin"])
+        api = Api(running.url, key)
+        wanted = [
+            "notification.acknowledged",
+            "notification.escalated",
+            "notification.expired_unacknowledged",
+        ]
+        await register(api, receiver, "ehr", wanted)
+        climbing = await critical(
+            api, "w-1", escalation=[{"after_seconds": 1, "to_role": "oncall"}]
+        )
+        soon = iso(utcnow() + timedelta(milliseconds=1500))
+        expiring = await critical(api, "w-2", expires_at=soon)
+        route = receiver.routes["ehr"]
+
+        async def escalated_and_expired() -> bool:
+            return set(wanted[1:]) <= {r.body["type"] for r in route.requests if r.answered}
+
+        await wait_until(escalated_and_expired, what="escalated and expired webhooks")
+        await api.post(
+            f"/v1/users/w-1/notifications/{climbing['id']}/acknowledge", {"note": "seen"}
+        )
+        await api.post(f"/v1/users/w-1/notifications/{climbing['id']}/acknowledge")
+
+        async def acknowledged() -> bool:
+            return any(r.body["type"] == wanted[0] for r in route.requests if r.answered)
+
+        await wait_until(acknowledged, what="the acknowledged webhook")
+        by_type = {}
+        for r in route.requests:
+            by_type.setdefault(r.body["type"], []).append(r.body["data"])
+        assert all(r.verified for r in route.requests)
+        assert [d["notification_id"] for d in by_type["notification.escalated"]] == [climbing["id"]]
+        assert by_type["notification.escalated"][0]["to"] == {"role": "oncall"}
+        assert [(d["notification_id"], d["by"]) for d in by_type["notification.acknowledged"]] == [
+            (climbing["id"], "key:ehr")
+        ]
+        assert [d["notification_id"] for d in by_type["notification.expired_unacknowledged"]] == [
+            expiring["id"]
+        ]
+    finally:
+        await running.stop()
+        await receiver.stop()
+
+
+async def test_the_sse_stream_hears_acknowledged_and_acknowledges_over_rest(node, api):
+    from tests.test_sse import Stream
+
+    token = await api.token("sse-1")
+    stream = await Stream.open(node.url, token)
+    try:
+        await stream.expect("welcome")
+        made = await critical(api, "sse-1")
+        await stream.expect("notification")
+        await api.post(f"/v1/users/sse-1/notifications/{made['id']}/acknowledge", key=token)
+        event = await stream.expect("acknowledged")
+        assert event["frame"] == {"type": "acknowledged", "id": made["id"]} and "id" not in event
+    finally:
+        await stream.close()

@@ -149,3 +149,38 @@ async def test_a_node_killed_mid_step_its_step_is_done_once_by_another(cluster):
         ]
     finally:
         await client.close()
+
+
+@pytest.fixture
+def nodes(cluster):
+    """The cluster with all three nodes running (a node killed before is started again)."""
+    for i, proc in enumerate(cluster.procs):
+        if proc is None or proc.poll() is not None:
+            cluster.start_node(i)
+    for i in range(3):
+        cluster.wait_ready(i)
+    return cluster
+
+
+async def test_acknowledged_reaches_the_users_devices_on_the_other_nodes(nodes):
+    apis = [Api(nodes.url(i), nodes.key) for i in range(3)]
+    devices = [await Socket.open(nodes.url(i), await apis[i].token("ack-1")) for i in range(3)]
+    for sock in devices:
+        await sock.expect("welcome")
+    created = await apis[1].post(
+        "/v1/notifications",
+        {"user_id": "ack-1", "type": "custom", "title": "Call us", "priority": "critical"},
+        expect=201,
+    )
+    for sock in devices:
+        await sock.expect("notification")
+    devices[0].send({"type": "acknowledge", "id": created["id"], "note": "calling"})
+    for sock in devices:
+        assert await sock.expect("acknowledged", timeout=15) == {
+            "type": "acknowledged",
+            "id": created["id"],
+        }
+    again = await apis[2].post(f"/v1/users/ack-1/notifications/{created['id']}/acknowledge")
+    assert again["acknowledged_by"] == "ack-1"
+    for sock in devices:
+        await sock.nothing(0.3)  # the second acknowledgement changes nothing, tells nobody

@@ -337,9 +337,10 @@ async def test_a_hanging_endpoint_never_delays_another(settings, mongo_uri, rece
             await read_one(api, f"p-{i}")
         live, dead = receiver.routes["live"], receiver.routes["dead"]
         await until(lambda: len(live.ok_ids()) == 6)
-        # Everything reached the live endpoint while the dead one still holds its requests,
-        # and never more than its share of them at once.
-        assert dead.in_flight == 2 and dead.most_in_flight == 2
+        await until(lambda: dead.in_flight == 2)
+        # Everything reached the live endpoint while the dead one holds its requests (none
+        # answered, none timed out: that takes 30 s), never more than its share at once.
+        assert dead.most_in_flight == 2 and len(dead.requests) == 2
         assert all(r.answered is None for r in dead.requests)
         ping = await api.client.fetch(node.url + "/healthz")  # the loop is free
         assert ping.code == 200
@@ -466,3 +467,47 @@ async def test_real_delivery_answers_match_the_openapi_document(wnode, wapi, rec
     await until(lambda: _with_status(deliveries(wapi, hook), "succeeded"))
     code, out = await check.call("post", retry, url, wapi.key)
     assert code == 409 and out["error"]["code"] == "conflict"
+
+
+async def test_escalation_acknowledgement_and_expiry_reach_webhooks(wnode, wapi, receiver):
+    """The real paths: a ladder step, a REST acknowledgement, an unacknowledged expiry."""
+    from datetime import UTC, datetime, timedelta
+
+    kinds = ["notification.acknowledged", "notification.escalated",
+             "notification.expired_unacknowledged"]  # fmt: skip
+    await register(wapi, receiver, "esc", kinds)
+    ladder = [{"after_seconds": 1, "to_role": "nurse"}]
+    climbing = await wapi.notify("p-9", "K+ 6.9", priority="critical", escalation=ladder)
+    soon = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    expiring = await wapi.notify("p-9", "confirm", ack_required=True, expires_at=soon)
+    acked = await wapi.notify("p-9", "read me", ack_required=True)
+    await wapi.post(
+        f"/v1/users/p-9/notifications/{acked['id']}/acknowledge", {"note": "K+ rechecked"}
+    )
+    route = receiver.routes["esc"]
+
+    def seen() -> dict[str, dict]:
+        return {
+            (r.body["type"], r.body["data"]["notification_id"]): r.body["data"]
+            for r in route.requests
+            if r.answered == 204
+        }
+
+    await until(lambda: len(seen()) >= 3, timeout=20)
+    got = seen()
+    escalated = got[("notification.escalated", climbing["id"])]
+    assert escalated["level"] == 1 and escalated["to"] == {"role": "nurse"}
+    assert escalated["priority"] == "critical" and "title" not in escalated
+    ack = got[("notification.acknowledged", acked["id"])]
+    assert ack["by"] == "key:tests" and "note" not in ack
+    assert ("notification.expired_unacknowledged", expiring["id"]) in got
+    assert all(r.verified for r in route.requests)
+    assert "K+" not in repr([r.body for r in route.requests])
+
+
+@pytest.mark.parametrize("bad", ["5,x", "-1", "5,,nan", "1e9", ",".join(["1"] * 21)])
+async def test_a_malformed_retry_list_stops_start_up_with_a_sentence(settings, bad):
+    with pytest.raises(SystemExit, match="NOTIFY_WEBHOOK_RETRY_SECONDS"):
+        _ = settings.with_(webhook_retry_seconds=bad).webhook_retries
+    assert settings.with_(webhook_retry_seconds="").webhook_retries == ()
+    assert settings.webhook_retries == (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)

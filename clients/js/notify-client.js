@@ -1147,19 +1147,26 @@
       }
 
       _applyAcknowledged(id, stored) {
-        if (typeof id !== "string" || this._acknowledged.has(id)) {
-          return; // the REST answer and the frame that follows it: one event
+        if (typeof id !== "string") {
+          return;
         }
-        this._acknowledged.add(id);
         var at = (stored && stored.acknowledged_at) || new Date().toISOString();
         this._items.forEach(function (n) {
-          if (n.id === id && !n.acknowledged_at) {
-            n.acknowledged_at = at;
+          if (n.id === id) {
+            // The frame says only that it happened; the REST answer also says when and who.
+            n.acknowledged_at = stored ? at : n.acknowledged_at || at;
             if (stored && stored.acknowledged_by) {
               n.acknowledged_by = stored.acknowledged_by;
             }
           }
         });
+        if (this._acknowledged.has(id)) {
+          return; // the REST answer and the frame that follows it: one event
+        }
+        this._acknowledged.add(id);
+        if (this._acknowledged.size > SEEN_IDS) {
+          this._acknowledged.delete(this._acknowledged.values().next().value);
+        }
         this._emit("acknowledged", { id: id });
       }
 

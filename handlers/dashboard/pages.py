@@ -132,6 +132,14 @@ class HistoryHandler(PageHandler):
         self.render_page("history.html", values=values, errors={}, page=page, older=older)
 
 
+class NotificationPage(PageHandler):
+    @web.authenticated
+    async def get(self, notification_id: str) -> None:
+        """One notification (or a scheduled one) with its timeline (CONTRACT §8)."""
+        detail = await self.dashboard.notification(notification_id)
+        self.render_page("notification.html", detail=detail)
+
+
 class CancelHandler(PageHandler):
     @web.authenticated
     async def post(self, notification_id: str) -> None:
@@ -154,12 +162,13 @@ class AcknowledgeHandler(PageHandler):
             form = self.form(forms.AcknowledgeForm())
             await self.dashboard.acknowledge(notification_id, self.actor, form["note"])
         except ValidationFailed as exc:
-            self.flash("The note is too long." if "note" in exc.fields else exc.message)
+            self.flash("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.fields.items()))
+            form = {"next": "/dashboard"}
         except (NotFound, Conflict) as exc:
             self.flash(exc.message)
         else:
             self.flash("Acknowledged on the user's behalf.")
-        self.redirect("/dashboard")
+        self.redirect(form["next"])
 
 
 class TestClientHandler(PageHandler):
@@ -222,6 +231,7 @@ default_handlers = [
     (r"/dashboard/connections", ConnectionsHandler),
     (r"/dashboard/compose", ComposeHandler),
     (r"/dashboard/history", HistoryHandler),
+    (rf"/dashboard/history/{ID}", NotificationPage),
     (rf"/dashboard/history/{ID}/cancel", CancelHandler),
     (rf"/dashboard/notifications/{ID}/acknowledge", AcknowledgeHandler),
     (r"/dashboard/test-client", TestClientHandler),

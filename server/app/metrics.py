@@ -104,6 +104,33 @@ class Metrics:
         self.cluster_nodes = Gauge(
             "notify_cluster_nodes", "live nodes seen at this node's last heartbeat", registry=r
         )
+        self.push_attempts = Counter(
+            "notify_push_attempts",
+            "requests to push services, by outcome (sent, gone, retry, failed, refused)",
+            ["outcome"],
+            registry=r,
+        )
+        self.push_deferred = Counter(
+            "notify_push_deferred", "pushes held back until a user's quiet hours end", registry=r
+        )
+        self.replay_memory = Counter(
+            "notify_replay_sources",
+            "reconnect replays answered from the recent window (memory) or from MongoDB",
+            ["source"],
+            registry=r,
+        )
+        self.unread_memory = Counter(
+            "notify_unread_sources",
+            "welcome unread counts answered from memory or read from MongoDB",
+            ["source"],
+            registry=r,
+        )
+        self.replay_window_bytes = Gauge(
+            "notify_replay_window_bytes", "memory held by the recent feed window", registry=r
+        )
+        self.replay_window_entries = Gauge(
+            "notify_replay_window_entries", "notifications held by the recent window", registry=r
+        )
 
 
 METRICS = Metrics()

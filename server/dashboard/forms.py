@@ -149,6 +149,10 @@ class AcknowledgeForm(Strict):
     """A staff member's acknowledgement on a user's behalf: an optional note."""
 
     note = fields.String(load_default=None, validate=validate.Length(0, MAX_NOTE))
+    next = fields.String(
+        load_default="/dashboard",
+        validate=validate.Regexp(LOCAL_PATH_PATTERN, error="not a dashboard page"),
+    )
 
 
 class TestTokenIn(Strict):

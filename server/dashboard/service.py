@@ -105,6 +105,10 @@ class Dashboard:
             self._critical = (time.monotonic(), items)
         return items
 
+    async def notification(self, notification_id: str) -> dict[str, Any]:
+        """One notification with its timeline, for its page (history links to it)."""
+        return await self.notifications.detail(notification_id)
+
     async def acknowledge(self, notification_id: str, actor: str, note: str | None) -> dict:
         """A staff member acknowledges on the user's behalf; on the audit log with the note."""
         doc = await self.acknowledgements.acknowledge(notification_id, actor, note)

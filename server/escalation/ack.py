@@ -55,7 +55,7 @@ class Acknowledgements:
         if not await self.store.acknowledge(notification_id, by, now):
             return public(await self.store.get(notification_id) or doc)
         doc.update(acknowledged_at=now, acknowledged_by=by)
-        METRICS.acknowledged.labels(by.split(":", 1)[0] if ":" in by else "user").inc()
+        METRICS.acknowledged.labels(_kind_of(by)).inc()
         await self.timeline.record(
             notification_id,
             "acknowledged",
@@ -65,7 +65,7 @@ class Acknowledgements:
             note=note,
         )
         if self.scheduler is not None:  # the ladder stops (a step running now checks again)
-            await self.scheduler.drop(notification_id, LADDER_KINDS)
+            await self.scheduler.drop(notification_id, [ESCALATE])
         await self.publish_event(
             {"kind": "acknowledged", "user_id": doc["user_id"], "id": notification_id}
         )
@@ -79,3 +79,11 @@ def _reachable(doc: dict, user_id: str | None, roles: tuple[str, ...]) -> bool:
     if doc.get("user_id") is not None:
         return doc["user_id"] == user_id
     return doc.get("audience") in audiences(roles)
+
+
+def _kind_of(by: str) -> str:
+    """The metric's label: ``key``, ``staff`` or ``user`` (user ids may hold a colon too)."""
+    for kind in ("key", "staff"):
+        if by.startswith(f"{kind}:"):
+            return kind
+    return "user"

@@ -35,11 +35,12 @@ class Expiry:
                 if await self.scheduled.get(nid) is not None:
                     later[entry["_id"]] = millis(now) + int(NOT_SENT_YET_RETRY * 1000)
                 continue
-            if doc.get("acknowledged_at") is not None or is_hidden(doc):
-                continue
             expires = as_datetime(doc.get("expires_at"))
-            if expires is None:
+            acknowledged = as_datetime(doc.get("acknowledged_at"))
+            if expires is None or is_hidden(doc):
                 continue
+            if acknowledged is not None and acknowledged <= expires:
+                continue  # in time; one acknowledged after it expired still expired without
             if expires > now:  # a clock a little behind the one that claimed it
                 later[entry["_id"]] = millis(expires)
                 continue
