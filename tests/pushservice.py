@@ -188,6 +188,17 @@ class PushHandler(web.RequestHandler):
     def on_connection_close(self) -> None:
         self.gone = True
 
+    async def _hold(self, held: asyncio.Event) -> None:
+        """Wait until released, noticing a sender that went away meanwhile (killed)."""
+        # Nothing reads the connection while a handler waits: read it, to see it close.
+        closed = asyncio.ensure_future(self.request.connection.stream.read_bytes(1, partial=True))
+        closed.add_done_callback(lambda f: f.cancelled() or f.exception())
+        released = asyncio.ensure_future(held.wait())
+        await asyncio.wait([closed, released], return_when=asyncio.FIRST_COMPLETED)
+        if closed.done():
+            self.gone = True
+            released.cancel()
+
     def check_xsrf_cookie(self) -> None:
         pass
 
@@ -209,7 +220,7 @@ class PushHandler(web.RequestHandler):
         if server.held is not None:
             server.waiting += 1
             server.changed.set()
-            await server.held.wait()
+            await self._hold(server.held)
             server.waiting -= 1
         server.attempts.append(push)
         if 200 <= status < 300 and not self.gone:
