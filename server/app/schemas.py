@@ -352,6 +352,8 @@ class ApiKeyIn(Strict):
     scopes = fields.List(
         fields.String(validate=validate.OneOf(SCOPES)), required=True, validate=validate.Length(1)
     )
+    # Its own REST requests per second (empty: the node's default; 0: no limit).
+    rate = fields.Float(allow_nan=False, validate=validate.Range(0, 100_000))
 
 
 class WebhookIn(Strict):

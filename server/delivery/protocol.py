@@ -182,9 +182,17 @@ class ConnectionProtocol:
         if frame["type"] != "auth":
             return peer.close(POLICY, "authenticate first")
         try:
-            peer.principal = self.tokens.check(frame["token"])
+            principal = self.tokens.check(frame["token"])
         except Unauthorized:
             return peer.close(POLICY, "the token is not valid")
+        # The address lent this connect a token at the upgrade: the frame proves it, so it
+        # goes back, and the connect counts against the user instead (per credential first).
+        self.limits.connect_ip.give(peer.ip or "")
+        wait = self.limits.connect_user.take(principal.id)
+        if wait:
+            self.limits.connect_user.refusal(wait)  # counted in the metrics
+            return peer.close(TRY_LATER, "too many connects for this user; retry later")
+        peer.principal = principal
         if peer.timer is not None:
             peer.timer.cancel()
         await self.start(peer)
