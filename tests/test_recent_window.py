@@ -304,3 +304,31 @@ def test_a_change_event_document_is_used_as_stored_only_when_its_types_are_certa
     assert as_stored({"_id": "a", "data": {"when": {"$date": "2026-12-03T00:00:00"}}}) is None
     assert as_stored({"_id": "a", "data": {"k": [1, {"$numberLong": "5"}]}}) is None
     assert as_stored({"_id": "a", "created_at": {"$date": "not a date"}}) is None
+
+
+def test_unread_counts_follow_dispatches_and_reads_and_a_raced_load_is_not_kept():
+    window = RecentFeed(1 << 20, per_user=10)
+    window.reset(0)
+    aud, forever = ("all", "patient"), float("inf")
+    window.begin_load("p-1")
+    window.record(doc(1), notification_frame(doc(1)))  # dispatched while the load ran
+    window.end_load("p-1", aud, {"old": forever}, set())
+    assert window.unread("p-1", aud, [], 0.0) == 2
+    window.record(doc(2), notification_frame(doc(2)))
+    assert window.unread("p-1", aud, [], 0.0) == 3
+    window.changed("p-1", ["old", "n1"], read=True)
+    assert window.unread("p-1", aud, [], 0.0) == 1
+    window.changed("p-1", ["n3"], read=True)  # read on another node before it arrived here
+    window.record(doc(3), notification_frame(doc(3)))
+    assert window.unread("p-1", aud, [], 0.0) == 1
+    shared = [{"_id": "b1", "seq": 9}]
+    assert window.unread("p-1", aud, shared, 0.0) == 2
+    window.changed("p-1", ["b1"], read=True)
+    assert window.unread("p-1", aud, shared, 0.0) == 1
+    assert window.unread("p-1", ("all", "staff"), shared, 0.0) is None  # other audiences
+    window.begin_load("p-2")
+    window.changed("p-2", ["x"], read=True)  # a read raced the load: not kept
+    window.end_load("p-2", aud, {"x": forever}, set())
+    assert window.unread("p-2", aud, [], 0.0) is None
+    window.forget_unread()  # the event stream broke
+    assert window.unread("p-1", aud, [], 0.0) is None

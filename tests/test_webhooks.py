@@ -511,3 +511,27 @@ async def test_a_malformed_retry_list_stops_start_up_with_a_sentence(settings, b
         _ = settings.with_(webhook_retry_seconds=bad).webhook_retries
     assert settings.with_(webhook_retry_seconds="").webhook_retries == ()
     assert settings.webhook_retries == (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
+
+
+async def test_a_real_failed_push_reaches_webhooks(wnode, wapi, receiver):
+    """The push service (tests/pushservice.py) answers 410: push_failed, then the webhook."""
+    from tests.pushservice import PushServer
+
+    push_server = await PushServer().start()
+    try:
+        await register(wapi, receiver, "push", ["notification.push_failed"])
+        sub = push_server.add("phone")
+        push_server.answer("phone", 410)
+        await wapi.post("/v1/users/p-7/push-subscriptions", sub.subscription(), expect=201)
+        nid = (await wapi.notify("p-7", "Call the ward", priority="critical"))["id"]
+        route = receiver.routes["push"]
+        await until(lambda: route.ok_ids(), timeout=20)
+        got = route.requests[0]
+        assert got.verified and got.body["type"] == "notification.push_failed"
+        data = got.body["data"]
+        assert data["notification_id"] == nid and data["priority"] == "critical"
+        assert data.get("status") == 410 and "Call the ward" not in repr(got.body)
+        timeline = (await wapi.get(f"/v1/notifications/{nid}"))["timeline"]
+        assert any(e["event"] == "push_failed" for e in timeline)
+    finally:
+        await push_server.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -134,3 +135,14 @@ class Metrics:
 
 
 METRICS = Metrics()
+_CHILDREN: dict[tuple[int, str], Any] = {}
+
+
+def child(metric: Counter, value: str) -> Any:
+    """``metric.labels(value)``, looked up once per value: ``labels`` takes a lock and
+    builds a key on every call, and this runs for every notification stored and sent."""
+    key = (id(metric), value)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = metric.labels(value)
+    return found

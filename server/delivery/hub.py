@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Protocol
 
 from server.app.errors import OverCapacity
-from server.app.metrics import METRICS
+from server.app.metrics import METRICS, child
 from server.app.store import is_hidden
 from server.app.timeutil import utcnow
 from server.delivery import wire
@@ -303,7 +303,7 @@ class Hub:
         METRICS.fanout_seconds.observe(time.perf_counter() - started)
         if handed:
             METRICS.delivered.inc(handed)
-            METRICS.delivered_by_type.labels(doc["type"]).inc(handed)
+            child(METRICS.delivered_by_type, doc["type"]).inc(handed)
             METRICS.delivery_latency.observe(time.time() - doc["created_at"].timestamp())
 
     def _targets(self, doc: dict) -> Collection[Subscription]:

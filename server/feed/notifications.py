@@ -11,7 +11,7 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from server.app.errors import Conflict, NotFound, StorageUnavailable, ValidationFailed
-from server.app.metrics import METRICS
+from server.app.metrics import METRICS, child
 from server.app.store import FOREVER, Store
 from server.app.timeutil import utcnow
 from server.delivery.broadcast_cache import BroadcastCache
@@ -130,7 +130,7 @@ class Notifications:
             return await self.scheduler.schedule(docs)
         await self._plan(docs)
         stored = await self.sequencer.append(docs)
-        METRICS.created.labels(payload["type"]).inc(len(stored))
+        child(METRICS.created, payload["type"]).inc(len(stored))
         return stored
 
     async def _plan(self, docs: list[dict]) -> None:
