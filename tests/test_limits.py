@@ -301,3 +301,43 @@ async def test_password_spraying_from_one_address_meets_its_limit(settings, mong
         assert resp.code == 401
     finally:
         await running.stop()
+
+
+# ---- a key's own rate, from the command line and the dashboard ------------------------------
+
+
+async def test_a_keys_own_rate_is_set_from_the_command_line_and_the_dashboard(
+    node, settings, mongo_uri, monkeypatch, capsys
+):
+    import run
+    from server.ops import cli
+
+    args = run.parse_args(
+        ["create-api-key", "--name", "erp", "--scopes", "notify,read", "--rate", "200/s"]
+    )
+    assert (
+        await asyncio.to_thread(cli.run_command, args, settings.with_(mongodb_uri=mongo_uri)) == 0
+    )
+    assert "200 requests/s" in capsys.readouterr().out
+    for bad in ("fast", "-1/s", "1e9/s", "nan"):
+        with pytest.raises(SystemExit):
+            run.parse_args(["create-api-key", "--name", "x", "--scopes", "read", "--rate", bad])
+
+    staff = node.node.dashboard.staff
+    staff.hasher = FAST_HASHER
+    await staff.create("boss", NURSE_PASSWORD, "admin", "test")
+    boss = Browser(node.url)
+    await boss.login("boss", NURSE_PASSWORD)
+    resp = await boss.post(
+        "/dashboard/api-keys", {"name": "kiosk", "scopes": ["read"], "rate": "5"}
+    )
+    assert resp.code == 201
+    resp = await boss.post("/dashboard/api-keys", {"name": "x", "scopes": ["read"], "rate": "fast"})
+    assert resp.code == 400
+    rates = {r["name"]: r.get("rate") for r in await node.node.store.list_api_keys()}
+    assert rates == {"erp": 200.0, "kiosk": 5.0}
+    created = await node.node.audit.recent(action="api_key.create")
+    assert {(e["actor"], e["detail"]["rate"]) for e in created} == {
+        ("cli", 200.0),
+        ("staff:boss", 5.0),
+    }
