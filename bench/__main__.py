@@ -21,6 +21,7 @@ SCENARIOS = {
     "stalled": "memory while 100 stalled readers sit through a fan-out",
     "cluster": "three nodes: latency across nodes, then one killed and its clients moved",
     "webhooks": "signed webhook deliveries per second to a local receiver",
+    "push": "Web Push to 5,000 users with no socket: pushes per second, CPU per push",
 }
 
 

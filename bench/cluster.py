@@ -24,6 +24,7 @@ from pathlib import Path
 
 from bench.clients import LoadClients
 from bench.latency import Offer, service_sender
+from bench.profile import profiled
 from bench.reconnect import MISSED
 from bench.report import Options, Report, cpu_line, ms, pct
 from bench.service import HOST, Baseline, Service, cpu_seconds
@@ -118,7 +119,9 @@ async def latency(cluster: Cluster, groups: list[LoadClients], users: list[str],
     return p99
 
 
-async def storm(cluster: Cluster, victims: LoadClients, users: list[str], out: Report) -> dict:
+async def storm(
+    cluster: Cluster, victims: LoadClients, users: list[str], out: Report, opts: Options
+) -> dict:
     """SIGKILL the third node, pile up while its clients are away, move them to the others."""
     killed = cluster.nodes[-1]
     os.kill(killed.pid, signal.SIGKILL)
@@ -129,10 +132,11 @@ async def storm(cluster: Cluster, victims: LoadClients, users: list[str], out: R
     await pile_up(cluster, users, out)
     cpu_before = cluster.cpu()
     ports = [n.port for n in cluster.nodes[:-1]]
-    answers = await victims.each(
-        "reconnect", host=HOST, port=ports[0], ports=ports, expect=MISSED, concurrency=32,
-        timeout=120,
-    )  # fmt: skip
+    async with profiled(opts, out, cluster.nodes[0].pid, "cluster-storm-node1"):
+        answers = await victims.each(
+            "reconnect", host=HOST, port=ports[0], ports=ports, expect=MISSED, concurrency=32,
+            timeout=120,
+        )  # fmt: skip
     out.line(cpu_line(cpu_before, cluster.cpu(), len(users), "moved client"))
     started = min(a["started"] for a in answers)
     lasts = [a["last"] for a in answers if a["last"] is not None]
@@ -180,8 +184,9 @@ async def run(opts: Options, out: Report) -> None:
                 got = await group.connect(node, [cluster.socket_path(u) for u in mine])
                 out.line(f"node on port {node.port}: connected={got['connected']} "
                          f"failed={got['failed']}")  # fmt: skip
-            p99 = await latency(cluster, groups[1:], users[1] + users[2], opts, out)
-            moved = await storm(cluster, groups[-1], users[-1], out)
+            async with profiled(opts, out, cluster.nodes[1].pid, "cluster-latency-node2"):
+                p99 = await latency(cluster, groups[1:], users[1] + users[2], opts, out)
+            moved = await storm(cluster, groups[-1], users[-1], out, opts)
         finally:
             for group in groups:
                 await group.each("close")

@@ -213,6 +213,7 @@ class Node:
             self.stats,
             self.presence,
             self.escalation.acks,
+            push_devices=self.push.subscriptions.counts if self.push is not None else None,
         )
         await self.dashboard.start()
 
