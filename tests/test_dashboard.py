@@ -812,6 +812,10 @@ async def test_activity_rates_and_chart_from_samples(node):
         "delivered_minute": 30,
         "sent_hour": 50,
         "delivered_hour": 80,
+        "pushed_minute": 0,  # no push in these samples
+        "push_failed_minute": 0,
+        "pushed_hour": 0,
+        "push_failed_hour": 0,
     }
     chart = activity.chart(current)
     assert len(chart) == 60

@@ -23,6 +23,7 @@ from settings import Settings
 from tests.conftest import ALL_SCOPES
 from tests.pushservice import PushServer, unb64url
 from tests.support import Api, Socket, serve_node
+from tests.test_dashboard import FAST_HASHER, Browser, text
 
 pytestmark = pytest.mark.asyncio
 
@@ -512,3 +513,27 @@ async def test_the_vapid_subject_is_required_outside_development():
         PushService.subject(Settings(vapid_subject="http://clinic.example"))
     assert PushService.subject(Settings(env="production", vapid_subject="mailto:it@c.example"))
     assert PushService.subject(Settings()).startswith("mailto:")
+
+
+async def test_the_dashboard_shows_devices_pushes_and_the_push_timeline(fast, push_server):
+    running, api = fast
+    await subscribe(api, push_server, "p-1", "phone")
+    await subscribe(api, push_server, "p-1", "laptop")
+    push_server.answer("laptop", 410)
+    sent = await lab(api, "p-1")
+    await timeline(api, sent["id"], "push_failed")
+    await timeline(api, sent["id"], "push_sent")
+    staff = running.node.dashboard.staff
+    staff.hasher = FAST_HASHER
+    await staff.create("nurse", "a-long-password-1", "staff", "test")
+    browser = Browser(running.url)
+    await browser.login("nurse", "a-long-password-1")
+    history = text(await browser.get("/dashboard/history?user=p-1"))
+    assert 'data-push-devices="1"' in history  # the laptop's subscription was gone (410)
+    detail = text(await browser.get(f"/dashboard/history/{sent['id']}"))
+    assert 'data-event="push_sent"' in detail and 'data-event="push_failed"' in detail
+    overview = await running.node.dashboard.overview()
+    assert overview["pushed_hour"] >= 1 and overview["push_failed_hour"] >= 1
+    assert sum(p["pushed"] or 0 for p in overview["chart"]) >= 1
+    page = text(await browser.get("/dashboard"))
+    assert 'data-figure="pushed_minute"' in page and "legend-push_failed" in page
