@@ -332,3 +332,18 @@ def test_unread_counts_follow_dispatches_and_reads_and_a_raced_load_is_not_kept(
     assert window.unread("p-2", aud, [], 0.0) is None
     window.forget_unread()  # the event stream broke
     assert window.unread("p-1", aud, [], 0.0) is None
+
+
+@pytest.mark.asyncio
+async def test_a_node_that_has_not_heard_out_its_stream_replays_from_the_database(node, api):
+    """Other nodes' notifications may wait in its stream: memory would replay fewer, and
+    ``replay_done`` would come before them."""
+    cursor = await first_cursor(node.url, api, "p-1")
+    missed = [await api.notify("p-1", f"missed {i}") for i in range(3)]
+    await node.node.bus.stop()  # its stream no longer followed: not current
+    assert node.node.hub.current is False
+    before = replays("database")
+    welcome, got = await resume(node.url, api, "p-1", cursor)
+    assert [n["id"] for n in got] == [m["id"] for m in missed]
+    assert welcome["unread_count"] == 3
+    assert replays("database") == before + 1

@@ -91,6 +91,7 @@ class Bus:
         """Start watching (when enabled)."""
         self._events_heard = self._started_at = utcnow()
         if self.watch:
+            self.hub.current = False  # until the stream has been heard out once
             self._tasks = [
                 asyncio.create_task(self._follow("notifications", self._on_notification)),
                 asyncio.create_task(self._follow("events", self._on_event)),
@@ -165,6 +166,8 @@ class Bus:
                 self._streams.pop(collection, None)
                 if collection == "events":  # reads elsewhere may go unheard meanwhile
                     self.hub.recent.forget_unread()
+                else:  # other nodes' notifications go unheard meanwhile
+                    self.hub.current = False
             if self._stopping:
                 return
             if broke_at is None and not first:
@@ -199,11 +202,15 @@ class Bus:
             if collection == "events":
                 self._events_heard = utcnow()
             if change is None:
+                if collection == "notifications":  # heard all there was: none waits here
+                    self.hub.current = True
                 if stream.resume_token is not None:  # past events the filter skipped
                     self.tokens[collection] = stream.resume_token
                 if loop.time() - asked < QUICK_ANSWER:
                     await asyncio.sleep(self.poll)
                 continue
+            if collection == "notifications":  # more may be queued behind this one
+                self.hub.current = False
             await handle(change.get("fullDocument") or {})
             self.tokens[collection] = change["_id"]
 

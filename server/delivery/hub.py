@@ -161,6 +161,10 @@ class Hub:
         self.listeners: list[Callable[[str], None]] = []
         # What was dispatched lately, for replays and unread counts without a database read.
         self.recent = RecentFeed(window_bytes, replay_limit + 1)
+        # False while the change stream may hold other nodes' notifications not dispatched
+        # yet (a backlog, a broken stream): memory would answer a reconnect with less than
+        # MongoDB holds, and its ``replay_done`` would come before the rest (the bus sets it).
+        self.current = True
 
     # ---- membership ----------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ UNREAD_USERS_MAX = 200_000
 UNREAD_IDS_MAX = 1_000  # a user with more unread ids is not cached (read from MongoDB)
 
 _REPLAY_FROM_MEMORY = METRICS.replay_memory.labels("memory")
-_REPLAY_FROM_DB = METRICS.replay_memory.labels("database")
+REPLAY_FROM_DB = METRICS.replay_memory.labels("database")
 UNREAD_FROM_MEMORY = METRICS.unread_memory.labels("memory")
 UNREAD_FROM_DB = METRICS.unread_memory.labels("database")
 
@@ -179,7 +179,7 @@ class RecentFeed:
         """The user's personal notifications after ``since`` (visible, oldest first), or
         None when this window cannot prove it holds all of them."""
         if self.start is None or since < self.start or since < self._floor.get(user_id, 0):
-            _REPLAY_FROM_DB.inc()
+            REPLAY_FROM_DB.inc()
             return None
         _REPLAY_FROM_MEMORY.inc()
         found = []

@@ -16,7 +16,7 @@ from server.app.store import FOREVER, Store
 from server.app.timeutil import utcnow
 from server.delivery.broadcast_cache import BroadcastCache
 from server.delivery.hub import Hub, notification_frame
-from server.delivery.recent import UNREAD_FROM_DB, UNREAD_FROM_MEMORY
+from server.delivery.recent import REPLAY_FROM_DB, UNREAD_FROM_DB, UNREAD_FROM_MEMORY
 from server.feed.render import public
 from server.feed.sequencer import Sequencer
 from server.feed.timeline import Timeline
@@ -223,7 +223,10 @@ class Notifications:
         aud = tuple(audiences(roles))
         shared = await self.broadcasts.visible(list(aud), now)
         recent, clock = self.hub.recent, now.timestamp()
-        unread = recent.unread(user_id, aud, shared, clock)
+        # Memory answers only a node that has heard out its change stream and has no
+        # failed write's leftovers pending (they may be in the window until the hub moves on).
+        memory = self.hub.current and not self.hub.withheld
+        unread = recent.unread(user_id, aud, shared, clock) if memory else None
         if unread is None:
             UNREAD_FROM_DB.inc()
             unread = await self._load_unread(user_id, aud, shared, now)
@@ -238,8 +241,9 @@ class Notifications:
             # Nothing to read: what is stored after ``end`` reaches the socket through the hub.
             METRICS.replay_truncated.inc()
             return unread, Replay([], False, end, end)
-        # A failed write's leftovers may be in the window until the hub moves past them.
-        own = None if self.hub.withheld else recent.replay(user_id, since, clock)
+        own = recent.replay(user_id, since, clock) if memory else None
+        if not memory:
+            REPLAY_FROM_DB.inc()
         if own is None:
             docs = await self.store.replay(user_id, [], since, self.replay_limit + 1, now)
             own = [(d["seq"], notification_frame(d)) for d in docs]
