@@ -47,6 +47,17 @@ def pytest_configure(config):
     core.global_force_seed = int(seed)
 
 
+# Fixtures that start a second node on the database: a cluster in one process. A test that
+# uses one is marked slow, so the inner loop (-m "not slow and not browser") leaves it out.
+CLUSTER_FIXTURES = {"second_node", "pair"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_report_header(config):
     if hypothesis_settings.default.derandomize:
         return "fuzz: derandomized (the same examples every run; HYPOTHESIS_PROFILE=explore)"

@@ -328,7 +328,9 @@ async def test_a_batch_refused_halfway_is_hidden_and_never_delivered(database, n
         frame = await sock.expect("notification")
         assert frame["notification"]["title"] == "next"  # not "half" first
         assert int(frame["notification"]["cursor"]) > stored[0]["seq"]
-    await socks[1].nothing()
+    status, last = await send(api, "POST", "/v1/notifications", one("p-2", "sentinel"))
+    assert status == 201
+    await socks[1].only_then(last["id"])  # p-2 never got "half"
     # A reconnect replaying from before the refused batch does not bring it back either.
     back = await Socket.open(first.url, await Api(first.url, key).token("p-1"), since="0")
     await back.expect("welcome")
