@@ -64,7 +64,7 @@ class Settings:
     retention_days: int = setting(90, "days a notification is kept (TTL index) after it expires")
     audit_retention_days: int = setting(365, "days audit entries are kept (TTL index)")
     critical_ack_seconds: int = setting(
-        300, "seconds before a critical notification no device acknowledged is flagged"
+        300, "seconds before the dashboard lists a notification nobody acknowledged (§8)"
     )
     schedule_poll_seconds: float = setting(
         1.0, "longest a node sleeps before looking for due scheduled notifications"

@@ -25,8 +25,9 @@ fail() {
   exit 1
 }
 
-# 1. The npm package's own tests (node --test starts its own service) and its types.
-(cd clients/js && npm ci --silent --no-audit --no-fund && NOTIFY_PYTHON=$PY npm test --silent \
+# 1. The npm packages' own tests (node --test; each file starts its own service), and the
+#    client's types. clients/ is an npm workspace: react/ resolves the client from js/.
+(cd clients && npm ci --silent --no-audit --no-fund && NOTIFY_PYTHON=$PY npm test --silent \
   && npm run --silent typecheck)
 
 # 2. A running service for the installed packages.

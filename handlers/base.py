@@ -52,7 +52,7 @@ STATUS_CODES = {
 
 # CORS for portals on other Origins. Callers send bearer credentials, never cookies: so no
 # Access-Control-Allow-Credentials, and the dashboard (cookies) stays same-origin.
-CORS_REQUEST_HEADERS = "Authorization, Content-Type, X-Request-Id, Idempotency-Key"
+CORS_REQUEST_HEADERS = "Authorization, Content-Type, X-Request-Id, Idempotency-Key, Last-Event-ID"
 CORS_EXPOSED_HEADERS = "X-Request-Id, Retry-After, Idempotent-Replayed"  # what clients read
 CORS_MAX_AGE = "600"  # short: an Origin the operator removes stops working within minutes
 

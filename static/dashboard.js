@@ -193,24 +193,55 @@
       }
     }
     const critical = document.querySelector("[data-critical]");
-    if (critical && msg.critical) {
+    if (critical && msg.critical && !sameRows(critical, msg.critical)) {
+      // Rows already shown are kept as they are: a note being typed survives the update.
+      const shown = new Map();
+      critical.querySelectorAll("tr[data-notification]").forEach((tr) => shown.set(tr.dataset.notification, tr));
       const rows = msg.critical.map((item) => {
-        const tr = el("tr");
+        if (shown.has(item.id)) return shown.get(item.id);
+        const tr = el("tr", { "data-notification": item.id });
         tr.appendChild(timeCell(item.deliver_at || item.created_at));
         const who = el("td");
         who.appendChild(el("a", { href: "/dashboard/history?user=" + encodeURIComponent(item.user_id) }, item.user_id));
         tr.appendChild(who);
-        tr.appendChild(el("td", {}, item.title));
+        const title = el("td");
+        title.appendChild(el("a", { href: "/dashboard/history/" + encodeURIComponent(item.id) }, item.title));
+        tr.appendChild(title);
+        tr.appendChild(ackCell(item.id));
         return tr;
       });
       if (!rows.length) {
         const tr = el("tr", { class: "empty" });
-        tr.appendChild(el("td", { colspan: "3" }, "None. Every critical notification was acknowledged."));
+        tr.appendChild(el("td", { colspan: "4" }, "None. Every notification that needs it was acknowledged."));
         rows.push(tr);
       }
       critical.replaceChildren(...rows);
     }
     if (msg.chart) drawChart(msg.chart);
+  }
+
+  function sameRows(body, items) {
+    const ids = Array.from(body.querySelectorAll("tr[data-notification]"), (tr) => tr.dataset.notification);
+    return ids.length === items.length && items.every((item, i) => item.id === ids[i]);
+  }
+
+  function ackCell(id) {
+    // The same form the page renders: a POST with the XSRF token and an optional note.
+    const td = el("td");
+    const form = el("form", {
+      method: "post",
+      action: "/dashboard/notifications/" + encodeURIComponent(id) + "/acknowledge",
+      class: "inline ack-form",
+    });
+    const meta = document.querySelector('meta[name="xsrf-token"]');
+    form.appendChild(el("input", { type: "hidden", name: "_xsrf", value: meta ? meta.content : "" }));
+    form.appendChild(el("input", {
+      type: "text", name: "note", maxlength: "1000",
+      placeholder: "Note, e.g. reached by phone", "aria-label": "Note",
+    }));
+    form.appendChild(el("button", { class: "button", type: "submit" }, "Acknowledge"));
+    td.appendChild(form);
+    return td;
   }
 
   function drawChart(points) {

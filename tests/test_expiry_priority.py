@@ -218,7 +218,9 @@ async def test_critical_ack_seconds_defaults_to_five_minutes():
     assert Settings.from_env({"NOTIFY_CRITICAL_ACK_SECONDS": "60"}).critical_ack_seconds == 60
 
 
-async def test_unacknowledged_critical_notifications(settings, mongo_uri):
+async def test_unacknowledged_notifications(settings, mongo_uri):
+    """Listed until a person acknowledges (a delivery receipt is not enough): critical
+    ones by default, others that ask for it, none that opted out (CONTRACT §8)."""
     running = await serve_node(settings.with_(critical_ack_seconds=3600), mongo_uri)
     try:
         key, _ = await running.node.api_keys.create("t", ["notify", "broadcast", "tokens", "read"])
@@ -226,37 +228,47 @@ async def test_unacknowledged_critical_notifications(settings, mongo_uri):
         notifications = running.node.notifications
         assert notifications.critical_ack == timedelta(seconds=3600)  # the setting reaches it
         phone = await Socket.open(running.url, await api.token("p-1"))
+        laptop = await Socket.open(running.url, await api.token("p-2"))
         await phone.expect("welcome")
+        await laptop.expect("welcome")
         acked = await api.notify("p-1", "acked", priority="critical")
-        missed = await api.notify("p-2", "missed", priority="critical")
+        received = await api.notify("p-2", "received", priority="critical")
+        missed = await api.notify("p-2", "missed", ack_required=True)
         await api.notify("p-3", "normal one")
+        await api.notify("p-3", "opted out", priority="critical", ack_required=False)
         body = {"audience": "all", "title": "b", "message": "m", "priority": "critical"}
         await api.post("/v1/broadcasts", body, expect=201)
         gone = await api.notify("p-4", "gone", priority="critical", expires_at=later(1))
         phone.send(
-            {"type": "ack", "id": (await phone.expect("notification"))["notification"]["id"]}
+            {
+                "type": "acknowledge",
+                "id": (await phone.expect("notification"))["notification"]["id"],
+            }
+        )
+        laptop.send(
+            {"type": "ack", "id": (await laptop.expect("notification"))["notification"]["id"]}
         )
         scheduled = await api.notify("p-5", "later", priority="critical", deliver_at=later(3))
-        assert await notifications.unacknowledged_critical() == []  # none an hour old
+        assert await notifications.unacknowledged() == []  # none an hour old
 
         # Wait for what the clock and the sockets do; the age limit is then set around
         # the notifications' own times, so no assertion races the clock.
-        await wait_for(lambda: _delivered(api, "p-1", acked["id"]), what="the receipt")
+        await phone.expect("acknowledged")
+        await wait_for(lambda: _delivered(api, "p-2", received["id"]), what="the receipt")
         await wait_for(lambda: _absent(api, "p-4", gone["id"]), what="the expiry")
         await wait_for(lambda: _present(api, "p-5", scheduled["id"]), what="the scheduled one")
         sent_at = as_datetime(scheduled["deliver_at"])
         # Older than the scheduled one's creation, younger than its sending: it is not
         # flagged, because its age counts from when it went out.
         notifications.critical_ack = utcnow() - sent_at + timedelta(seconds=1.5)
-        flagged = await notifications.unacknowledged_critical()
-        assert [n["id"] for n in flagged] == [missed["id"]]
-        assert flagged[0]["delivered_at"] is None and flagged[0]["priority"] == "critical"
+        flagged = await notifications.unacknowledged()
+        assert [n["id"] for n in flagged] == [missed["id"], received["id"]]
+        assert flagged[1]["delivered_at"] is not None and flagged[1]["priority"] == "critical"
         notifications.critical_ack = timedelta(0)
-        flagged = await notifications.unacknowledged_critical()
-        assert [n["id"] for n in flagged] == [scheduled["id"], missed["id"]]  # no expired one
-        assert [n["id"] for n in await notifications.unacknowledged_critical(limit=1)] == [
-            scheduled["id"]
-        ]
+        flagged = await notifications.unacknowledged()
+        # No expired one, no acknowledged one, none that opted out or never needed it.
+        assert [n["id"] for n in flagged] == [scheduled["id"], missed["id"], received["id"]]
+        assert [n["id"] for n in await notifications.unacknowledged(limit=1)] == [scheduled["id"]]
         assert acked["id"] not in [n["id"] for n in flagged]
     finally:
         await running.stop()

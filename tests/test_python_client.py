@@ -477,3 +477,15 @@ async def test_listen_asks_a_token_function_again_when_the_token_expires(node, a
         assert (await asyncio.wait_for(receive, 15))["id"] == second["id"]
     finally:
         await listener.aclose()
+
+
+async def test_acknowledge_on_the_users_behalf(client, api):
+    made = await client.send_custom("p-1", "Critical result", priority="critical")
+    acked = await client.acknowledge("p-1", made["id"], note="called the patient")
+    assert acked["id"] == made["id"] and acked["acknowledged_at"]
+    assert acked["acknowledged_by"].startswith("key:")
+    again = await client.acknowledge("p-1", made["id"])  # twice: 200, nothing changes
+    assert again["acknowledged_at"] == acked["acknowledged_at"]
+    with pytest.raises(NotifyError) as caught:
+        await client.acknowledge("p-1", "no-such-id")
+    assert (caught.value.status, caught.value.code) == (404, "not_found")

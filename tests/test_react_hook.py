@@ -102,6 +102,14 @@ async def test_the_hook_lists_history_and_live_marks_read_and_keeps_one_socket(
         await page.wait_for_selector(f"li[data-id='{before['id']}'][data-read='yes']")
         await page.wait_for_function("document.getElementById('unread').textContent === '0'")
 
+        # acknowledge(id, note), and an acknowledgement made elsewhere (the acknowledged event)
+        await page.evaluate("id => hook.acknowledge(id, 'seen it')", live["id"])
+        await page.wait_for_selector(f"li[data-id='{live['id']}'][data-acknowledged='yes']")
+        stored = (await api.get(f"/v1/notifications/{live['id']}"))["notification"]
+        assert stored["acknowledged_by"] == "p-1"
+        await api.post(f"/v1/users/p-1/notifications/{before['id']}/acknowledge")
+        await page.wait_for_selector(f"li[data-id='{before['id']}'][data-acknowledged='yes']")
+
         await page.evaluate("root.unmount()")
         await sockets_of(node, "p-1", 0)  # unmounting closes the socket
 

@@ -174,3 +174,35 @@ async def test_payloads_unframe_what_the_hub_writes_back_to_back():
     ]
     joined = b"".join(wire.frame(m) for m in messages)  # 7-, 16- and 64-bit lengths
     assert [json.loads(p) for p in wire.payloads(joined)] == messages
+
+
+async def test_a_portal_on_an_allowed_origin_may_open_the_stream(settings, mongo_uri):
+    portal = "https://portal.clinic.example"
+    running = await serve_node(settings.with_(allowed_origins=portal), mongo_uri)
+    try:
+        key, _ = await running.node.api_keys.create("tests", ["tokens"])
+        async with httpx.AsyncClient(timeout=10) as client:
+            minted = await client.post(
+                running.url + "/v1/tokens",
+                json={"user_id": "p-1"},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            token = minted.json()["data"]["token"]
+            ask = {"Access-Control-Request-Method": "GET",
+                   "Access-Control-Request-Headers": "authorization,last-event-id"}  # fmt: skip
+            pre = await client.options(
+                running.url + "/v1/sse/notifications", headers={"Origin": portal, **ask}
+            )
+            assert pre.status_code == 204
+            allowed = {
+                h.strip().lower() for h in pre.headers["Access-Control-Allow-Headers"].split(",")
+            }
+            assert {"authorization", "last-event-id"} <= allowed
+        stream = await Stream.open(running.url, token, headers={"Origin": portal})
+        try:
+            assert stream.response.headers["Access-Control-Allow-Origin"] == portal
+            await stream.expect("welcome")
+        finally:
+            await stream.close()
+    finally:
+        await running.stop()

@@ -466,3 +466,39 @@ async def test_real_delivery_answers_match_the_openapi_document(wnode, wapi, rec
     await until(lambda: _with_status(deliveries(wapi, hook), "succeeded"))
     code, out = await check.call("post", retry, url, wapi.key)
     assert code == 409 and out["error"]["code"] == "conflict"
+
+
+async def test_escalation_acknowledgement_and_expiry_reach_webhooks(wnode, wapi, receiver):
+    """The real paths: a ladder step, a REST acknowledgement, an unacknowledged expiry."""
+    from datetime import UTC, datetime, timedelta
+
+    kinds = ["notification.acknowledged", "notification.escalated",
+             "notification.expired_unacknowledged"]  # fmt: skip
+    await register(wapi, receiver, "esc", kinds)
+    ladder = [{"after_seconds": 1, "to_role": "nurse"}]
+    climbing = await wapi.notify("p-9", "K+ 6.9", priority="critical", escalation=ladder)
+    soon = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    expiring = await wapi.notify("p-9", "confirm", ack_required=True, expires_at=soon)
+    acked = await wapi.notify("p-9", "read me", ack_required=True)
+    await wapi.post(
+        f"/v1/users/p-9/notifications/{acked['id']}/acknowledge", {"note": "K+ rechecked"}
+    )
+    route = receiver.routes["esc"]
+
+    def seen() -> dict[str, dict]:
+        return {
+            (r.body["type"], r.body["data"]["notification_id"]): r.body["data"]
+            for r in route.requests
+            if r.answered == 204
+        }
+
+    await until(lambda: len(seen()) >= 3, timeout=20)
+    got = seen()
+    escalated = got[("notification.escalated", climbing["id"])]
+    assert escalated["level"] == 1 and escalated["to"] == {"role": "nurse"}
+    assert escalated["priority"] == "critical" and "title" not in escalated
+    ack = got[("notification.acknowledged", acked["id"])]
+    assert ack["by"] == "key:tests" and "note" not in ack
+    assert ("notification.expired_unacknowledged", expiring["id"]) in got
+    assert all(r.verified for r in route.requests)
+    assert "K+" not in repr([r.body for r in route.requests])

@@ -674,13 +674,18 @@
         }
       }
 
-      /** Release a link's timers and handlers and close it. */
-      _teardown(link, code, reason) {
+      /** Release a link's timers and handlers. */
+      _release(link) {
         clearTimeout(link.timer);
         clearInterval(link.pingTimer);
         clearTimeout(link.pongTimer);
         clearTimeout(this._refreshTimer);
         link.detach();
+      }
+
+      /** Release a link and close it. */
+      _teardown(link, code, reason) {
+        this._release(link);
         link.close(code === CLOSE_NORMAL ? CLOSE_NORMAL : CLOSE_DEAD, reason);
       }
 
@@ -692,11 +697,7 @@
         this._link = null;
         this._quiet = false;
         if (closedByPeer) {
-          clearTimeout(link.timer);
-          clearInterval(link.pingTimer);
-          clearTimeout(link.pongTimer);
-          clearTimeout(this._refreshTimer);
-          link.detach();
+          this._release(link);
         } else {
           // Don't wait for a closing handshake a dead peer will never answer.
           this._teardown(link, code, reason);
@@ -727,7 +728,7 @@
           this._emit("error", { code: "policy_close", message: reason || "closed by policy" });
         } else if (!link.upgraded) {
           if (!link.httpStatus) {
-            this._diagnose(link);
+            this._diagnose();
           }
           // Browsers hide a refused upgrade's status (401) behind the same close as a network
           // failure, so repeated failures are the cue for a new token: after the 2nd, 4th,
@@ -768,7 +769,7 @@
       }
 
       /** A cross-origin page whose socket will not open: is it the Origin the service refuses? */
-      _diagnose(link) {
+      _diagnose() {
         var pageOrigin = crossOrigin(this._base);
         if (this._diagnosed || !pageOrigin || typeof fetch !== "function") {
           return;
@@ -788,7 +789,6 @@
             }, function () {});
           },
         );
-        return link;
       }
 
       _reportOrigin(reason, pageOrigin) {
@@ -1147,19 +1147,26 @@
       }
 
       _applyAcknowledged(id, stored) {
-        if (typeof id !== "string" || this._acknowledged.has(id)) {
-          return; // the REST answer and the frame that follows it: one event
+        if (typeof id !== "string") {
+          return;
         }
-        this._acknowledged.add(id);
         var at = (stored && stored.acknowledged_at) || new Date().toISOString();
         this._items.forEach(function (n) {
-          if (n.id === id && !n.acknowledged_at) {
-            n.acknowledged_at = at;
+          if (n.id === id) {
+            // The frame says only that it happened; the REST answer also says when and who.
+            n.acknowledged_at = stored ? at : n.acknowledged_at || at;
             if (stored && stored.acknowledged_by) {
               n.acknowledged_by = stored.acknowledged_by;
             }
           }
         });
+        if (this._acknowledged.has(id)) {
+          return; // the REST answer and the frame that follows it: one event
+        }
+        this._acknowledged.add(id);
+        if (this._acknowledged.size > SEEN_IDS) {
+          this._acknowledged.delete(this._acknowledged.values().next().value);
+        }
         this._emit("acknowledged", { id: id });
       }
 

@@ -75,7 +75,11 @@ class OverviewHandler(PageHandler):
     @web.authenticated
     async def get(self) -> None:
         """Connections, users, sent and delivered, and a chart; kept live by the staff socket."""
-        self.render_page("overview.html", overview=await self.dashboard.overview())
+        minutes = self.config.critical_ack_seconds / 60
+        after = f"{minutes:g} minute{'s' if minutes != 1 else ''}"
+        self.render_page(
+            "overview.html", overview=await self.dashboard.overview(), ack_minutes=after
+        )
 
 
 class ConnectionsHandler(PageHandler):
@@ -128,6 +132,14 @@ class HistoryHandler(PageHandler):
         self.render_page("history.html", values=values, errors={}, page=page, older=older)
 
 
+class NotificationPage(PageHandler):
+    @web.authenticated
+    async def get(self, notification_id: str) -> None:
+        """One notification (or a scheduled one) with its timeline (CONTRACT §8)."""
+        detail = await self.dashboard.notification(notification_id)
+        self.render_page("notification.html", detail=detail)
+
+
 class CancelHandler(PageHandler):
     @web.authenticated
     async def post(self, notification_id: str) -> None:
@@ -140,6 +152,23 @@ class CancelHandler(PageHandler):
             await self.services.audit.record(self.actor, "notification.cancel", notification_id)
             self.flash("The scheduled notification was cancelled.")
         self.redirect("/dashboard/history?status=scheduled")
+
+
+class AcknowledgeHandler(PageHandler):
+    @web.authenticated
+    async def post(self, notification_id: str) -> None:
+        """Acknowledge a notification on its user's behalf, with a note (audited)."""
+        try:
+            form = self.form(forms.AcknowledgeForm())
+            await self.dashboard.acknowledge(notification_id, self.actor, form["note"])
+        except ValidationFailed as exc:
+            self.flash("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.fields.items()))
+            form = {"next": "/dashboard"}
+        except (NotFound, Conflict) as exc:
+            self.flash(exc.message)
+        else:
+            self.flash("Acknowledged on the user's behalf.")
+        self.redirect(form["next"])
 
 
 class TestClientHandler(PageHandler):
@@ -202,7 +231,9 @@ default_handlers = [
     (r"/dashboard/connections", ConnectionsHandler),
     (r"/dashboard/compose", ComposeHandler),
     (r"/dashboard/history", HistoryHandler),
+    (rf"/dashboard/history/{ID}", NotificationPage),
     (rf"/dashboard/history/{ID}/cancel", CancelHandler),
+    (rf"/dashboard/notifications/{ID}/acknowledge", AcknowledgeHandler),
     (r"/dashboard/test-client", TestClientHandler),
     (r"/dashboard/test-client/token", TestTokenHandler),
     (r"/dashboard/account", AccountHandler),

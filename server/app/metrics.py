@@ -89,6 +89,18 @@ class Metrics:
             ["collection"],
             registry=r,
         )
+        self.escalations = Counter(
+            "notify_escalations",
+            "escalation steps done (sent) or repeated after a crash (repeated: nothing new)",
+            ["outcome"],
+            registry=r,
+        )
+        self.acknowledged = Counter(
+            "notify_acknowledged",
+            "notifications acknowledged, by who acknowledged",
+            ["by"],
+            registry=r,
+        )
         self.cluster_nodes = Gauge(
             "notify_cluster_nodes", "live nodes seen at this node's last heartbeat", registry=r
         )

@@ -27,6 +27,7 @@ from server.delivery.bus import Bus
 from server.delivery.hub import Hub
 from server.delivery.presence import ClusterPresence
 from server.delivery.protocol import ConnectionProtocol
+from server.escalation.service import Escalation
 from server.feed.notifications import Notifications
 from server.feed.scheduler import ScheduledStore, Scheduler
 from server.feed.sequencer import Sequencer
@@ -69,6 +70,7 @@ class Node:
     dashboard: Dashboard | None = None
     limits: RateLimits | None = None
     protocol: ConnectionProtocol | None = None
+    escalation: Escalation | None = None
     webhooks: Webhooks | None = None
     idempotency: Idempotency | None = None
     # The key of user-id pseudonyms in log lines; None writes user ids as they are.
@@ -125,11 +127,20 @@ class Node:
         )
         notifications.critical_ack = timedelta(seconds=settings.critical_ack_seconds)
         limits = RateLimits(settings)
+        escalation = Escalation(store, notifications, scheduler, bus, hub)
+        escalation.wire()
         protocol = ConnectionProtocol(
-            hub, notifications, store, tokens, audit, limits, settings.storage_timeout
+            hub,
+            notifications,
+            store,
+            tokens,
+            audit,
+            limits,
+            settings.storage_timeout,
+            acknowledgements=escalation.acks,
         )
         webhooks = Webhooks(store.db, store, notifications.timeline, scheduler, settings)
-        return cls(
+        node = cls(
             settings,
             client,
             store,
@@ -145,10 +156,14 @@ class Node:
             cluster=cluster,
             limits=limits,
             protocol=protocol,
+            escalation=escalation,
             webhooks=webhooks,
             idempotency=Idempotency(store.db, settings.idempotency_in_flight_seconds),
             log_key=None if settings.log_user_ids else logs.pseudonym_key(token_secret(settings)),
         )
+        # Pushing the original again is the push service's, once the node has one.
+        escalation.push = lambda: getattr(node, "push", None)
+        return node
 
     async def start(self) -> None:
         """Create indexes, find the feed's highest seq, start the writer and the bus."""
@@ -171,6 +186,7 @@ class Node:
             self.limits,
             self.stats,
             self.presence,
+            self.escalation.acks,
         )
         await self.dashboard.start()
 

@@ -47,8 +47,9 @@ ERRORS = {
     404: ("NotFound", "No such notification (for this user), or no such path."),
     409: (
         "Conflict",
-        "The notification was already sent, the delivery is not failed, or a request with "
-        "this Idempotency-Key is still running (`idempotency_in_flight`).",
+        "The notification was already sent or is a broadcast (acknowledge), the delivery is "
+        "not failed, or a request with this Idempotency-Key is still running "
+        "(`idempotency_in_flight`).",
     ),
     413: ("PayloadTooLarge", "The body is larger than the service accepts."),
     422: (
@@ -178,6 +179,12 @@ ROUTES = (
         "post", "/v1/users/{user_id}/notifications/{notification_id}/read",
         "Mark one notification read (every device of the user hears of it)",
         schemas.NotificationOut, scope="read", own_user=True, params=UserNotificationPath,
+    ),
+    Route(
+        "post", "/v1/users/{user_id}/notifications/{notification_id}/acknowledge",
+        "Acknowledge a notification (a person's act; stops its escalation); idempotent",
+        schemas.NotificationOut, scope="read", own_user=True, body=schemas.AcknowledgeIn,
+        params=UserNotificationPath, extra=(409,),
     ),
     Route(
         "post", "/v1/users/{user_id}/notifications/read-all",

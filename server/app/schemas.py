@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import re
@@ -33,6 +34,9 @@ SCOPES = ("notify", "broadcast", "tokens", "read", "admin")
 MAX_RECIPIENTS = 1000
 MAX_DATA_BYTES = {"custom": 16384, "system_alert": 4096}
 MAX_DATA_DEPTH = 8
+MAX_ESCALATION_STEPS = 5
+MAX_ESCALATION_USERS = 100
+MAX_NOTE = 1000
 INT64 = 2**63  # BSON's largest integers: a bigger one cannot be stored
 # Times a client may give: Python's datetime overflows near years 1 and 9999.
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
@@ -60,6 +64,15 @@ def Id(**kw: Any) -> fields.String:
 def Role(**kw: Any) -> fields.String:
     """A role name such as ``patient`` or ``staff``."""
     return fields.String(validate=validate.Regexp(ROLE_PATTERN, error="not a valid role"), **kw)
+
+
+class JsonBool(fields.Boolean):
+    """A JSON ``true`` or ``false``, nothing else (not 1, "yes" or "true")."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> bool:
+        if type(value) is not bool:
+            raise self.make_error("invalid")
+        return value
 
 
 class Strict(Schema):
@@ -191,6 +204,35 @@ class _Content(Strict):
         return item
 
 
+class EscalationStep(Strict):
+    """One step of an escalation ladder (CONTRACT §8): when, and to whom."""
+
+    after_seconds = fields.Integer(
+        required=True, strict=True, validate=validate.Range(1, 366 * 86400)
+    )
+    to_role = fields.String(
+        validate=[
+            validate.Regexp(ROLE_PATTERN, error="not a valid role"),
+            validate.NoneOf(["all"], error="a role: everyone is not an escalation target"),
+        ]
+    )
+    to_user_ids = fields.List(
+        Id(),
+        validate=validate.Length(1, MAX_ESCALATION_USERS, error="between 1 and 100 ids"),
+    )
+
+    @validates_schema
+    def _one_target(self, item: dict, **_: Any) -> None:
+        if ("to_role" in item) == ("to_user_ids" in item):
+            raise ValidationError("give exactly one of to_role or to_user_ids", "to_role")
+
+    @post_load
+    def _unique(self, item: dict, **_: Any) -> dict:
+        if "to_user_ids" in item:
+            item["to_user_ids"] = list(dict.fromkeys(item["to_user_ids"]))
+        return item
+
+
 class NotificationIn(_Content):
     """``POST /v1/notifications``: one user (``user_id``) or many (``user_ids``)."""
 
@@ -199,11 +241,38 @@ class NotificationIn(_Content):
     user_ids = fields.List(
         Id(), validate=validate.Length(1, MAX_RECIPIENTS, error="between 1 and 1000 ids")
     )
+    ack_required = JsonBool()
+    escalation = fields.List(
+        fields.Nested(EscalationStep),
+        allow_none=True,
+        load_default=None,
+        validate=validate.Length(1, MAX_ESCALATION_STEPS, error="between 1 and 5 steps"),
+    )
 
     @validates_schema
     def _recipients(self, item: dict, **_: Any) -> None:
         if ("user_id" in item) == ("user_ids" in item):
             raise ValidationError("give exactly one of user_id or user_ids", "user_id")
+
+    @validates_schema(skip_on_field_errors=True)
+    def _ladder_order(self, item: dict, **_: Any) -> None:
+        steps = item.get("escalation") or []
+        for level, (before, step) in enumerate(itertools.pairwise(steps), start=1):
+            if step["after_seconds"] <= before["after_seconds"]:
+                message = "must be greater than the step before's"
+                raise ValidationError({"escalation": {level: {"after_seconds": [message]}}})
+
+    @validates_schema(skip_on_field_errors=True)
+    def _acknowledgement(self, item: dict, **_: Any) -> None:
+        # A ladder climbs until someone acknowledges: without acknowledgement it has no end.
+        if item.get("escalation") and item.get("ack_required") is False:
+            raise ValidationError("an escalation ladder needs ack_required", "ack_required")
+
+    @post_load
+    def _ack_default(self, item: dict, **_: Any) -> dict:
+        if "ack_required" not in item:
+            item["ack_required"] = item["priority"] == "critical" or bool(item["escalation"])
+        return item
 
 
 class BroadcastIn(_Content):
@@ -314,6 +383,17 @@ class ReadFrame(Strict):
     id = Id(required=True)
 
 
+class AcknowledgeIn(Strict):
+    """``POST /v1/users/{user_id}/notifications/{id}/acknowledge``: an optional note."""
+
+    note = fields.String(allow_none=True, load_default=None, validate=validate.Length(0, MAX_NOTE))
+
+
+class AcknowledgeFrame(AcknowledgeIn):
+    type = fields.Constant("acknowledge")
+    id = Id(required=True)
+
+
 class BareFrame(Strict):
     type = fields.String(required=True)
 
@@ -326,6 +406,7 @@ class AuthFrame(Strict):
 FRAME_SCHEMAS: dict[str, Schema] = {
     "ack": AckFrame(),
     "read": ReadFrame(),
+    "acknowledge": AcknowledgeFrame(),
     "read_all": BareFrame(),
     "ping": BareFrame(),
     "auth": AuthFrame(),
@@ -435,6 +516,21 @@ class NotificationOut(Out):
     delivered_at = fields.DateTime(required=True, allow_none=True)
     read_at = fields.DateTime(required=True, allow_none=True)
     cursor = fields.String(required=True, allow_none=True, validate=validate.Regexp(CURSOR_PATTERN))
+    ack_required = fields.Boolean(
+        required=True, metadata={"description": "a person must acknowledge it (CONTRACT §8)"}
+    )
+    acknowledged_at = fields.DateTime(required=True, allow_none=True)
+    acknowledged_by = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "the user id, key:<key name> or staff:<username>"},
+    )
+    escalation = fields.List(
+        fields.Nested(EscalationStep),
+        required=True,
+        allow_none=True,
+        metadata={"description": "the escalation ladder, or null"},
+    )
 
 
 class TimelineEventOut(Out):

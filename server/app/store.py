@@ -75,8 +75,8 @@ class Store:
         await n.create_index([("user_id", ASCENDING), ("read_at", ASCENDING)], name="user_unread")
         await n.create_index("purge_at", expireAfterSeconds=0, name="purge_ttl")
         await n.create_index(
-            [("critical", ASCENDING), ("delivered_at", ASCENDING), ("seq", DESCENDING)],
-            name="critical_unacked",
+            [("ack_required", ASCENDING), ("acknowledged_at", ASCENDING), ("seq", DESCENDING)],
+            name="ack_pending",
         )
         await self.reads.create_index([("user_id", ASCENDING)], name="user")
         await self.reads.create_index("purge_at", expireAfterSeconds=0, name="purge_ttl")
@@ -254,13 +254,21 @@ class Store:
             {"$set": {"delivered_at": now}},
         )
 
-    async def unacknowledged_critical(
+    async def acknowledge(self, notification_id: str, by: str, now: datetime) -> bool:
+        """Record a person's acknowledgement of a notification; True if it was the first."""
+        result = await self.notifications.update_one(
+            {"_id": notification_id, "acknowledged_at": {"$eq": None}},
+            {"$set": {"acknowledged_at": now, "acknowledged_by": by}},
+        )
+        return result.modified_count == 1
+
+    async def unacknowledged(
         self, created_before: datetime, now: datetime, before_seq: int | None, limit: int
     ) -> list[dict]:
-        """Visible personal critical notifications without a delivery receipt, newest first."""
+        """Visible personal notifications that need acknowledgement and lack it, newest first."""
         query: dict[str, Any] = {
-            "critical": True,
-            "delivered_at": None,
+            "ack_required": {"$eq": True},
+            "acknowledged_at": {"$eq": None},
             # Personal only. Not $ne/$type: the embedded server mis-answers both combined
             # with the null test; a string range means the same on a real MongoDB.
             "user_id": {"$gt": ""},

@@ -14,6 +14,7 @@ from marshmallow import (
 )
 
 from server.app.schemas import (
+    MAX_NOTE,
     PRIORITIES,
     ROLE_PATTERN,
     TYPES,
@@ -142,6 +143,16 @@ class ConnectionsQuery(Strict):
     """The live connection list's filter: user ids starting with ``user``."""
 
     user = fields.String(validate=validate.Length(1, 128))
+
+
+class AcknowledgeForm(Strict):
+    """A staff member's acknowledgement on a user's behalf: an optional note."""
+
+    note = fields.String(load_default=None, validate=validate.Length(0, MAX_NOTE))
+    next = fields.String(
+        load_default="/dashboard",
+        validate=validate.Regexp(LOCAL_PATH_PATTERN, error="not a dashboard page"),
+    )
 
 
 class TestTokenIn(Strict):

@@ -24,6 +24,7 @@ from server.dashboard.activity import Activity, LiveFeed
 from server.dashboard.staff import StaffAccounts
 from server.dashboard.staff_store import StaffStore
 from server.delivery.hub import Hub
+from server.escalation.ack import Acknowledgements
 from server.feed.notifications import Notifications
 from server.feed.render import public
 from settings import Settings
@@ -47,7 +48,9 @@ class Dashboard:
         limits: RateLimits,
         stats: Callable[[], Awaitable[dict]],
         presence: Callable[[list[str]], Awaitable[dict[str, dict]]],
+        acknowledgements: Acknowledgements,
     ):
+        self.acknowledgements = acknowledgements  # staff acknowledge on a user's behalf
         self.hub = hub
         self.notifications = notifications
         self.audit = audit
@@ -92,16 +95,28 @@ class Dashboard:
         }
 
     async def critical(self) -> list[dict]:
-        """Critical notifications no device acknowledged in time (cached for a few seconds)."""
+        """Notifications that need acknowledgement and lack it past the grace period
+        (critical ones by default; cached for a few seconds)."""
         fetched, items = self._critical
         if time.monotonic() - fetched > CRITICAL_EVERY:
-            found = await self.notifications.unacknowledged_critical(limit=50)
-            items = [
-                {k: d[k] for k in ("id", "user_id", "title", "created_at", "deliver_at")}
-                for d in found
-            ]
+            found = await self.notifications.unacknowledged(limit=50)
+            keys = ("id", "user_id", "title", "priority", "created_at", "deliver_at")
+            items = [{k: d[k] for k in keys} for d in found]
             self._critical = (time.monotonic(), items)
         return items
+
+    async def notification(self, notification_id: str) -> dict[str, Any]:
+        """One notification with its timeline, for its page (history links to it)."""
+        return await self.notifications.detail(notification_id)
+
+    async def acknowledge(self, notification_id: str, actor: str, note: str | None) -> dict:
+        """A staff member acknowledges on the user's behalf; on the audit log with the note."""
+        doc = await self.acknowledgements.acknowledge(notification_id, actor, note)
+        await self.audit.record(
+            actor, "notification.acknowledge", notification_id, user_id=doc["user_id"], note=note
+        )
+        self._critical = (0.0, [])  # the overview shows it gone at once
+        return doc
 
     # ---- history -----------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """Fan-out between nodes on MongoDB change streams; no broker besides MongoDB.
 
 Each node watches two collections: ``notifications`` (every sequenced insert, from any
-node) and ``events`` (read-state changes). A change event is only a doorbell: notifications
+node) and ``events`` (read-state changes, acknowledgements, and kinds other capabilities
+register in ``Bus.handlers``). A change event is only a doorbell: notifications
 are read back by seq, so the hub dispatches each one once and in order, whichever way it
 came (this node's own write, or the stream). A stream that breaks (primary step-down,
 network blip, the embedded server restarted) is reopened after the last event handled;
@@ -76,6 +77,8 @@ class Bus:
         self._events_heard = utcnow()  # every event published before this was handled
         self._started_at = self._events_heard
         self.ready = asyncio.Event()
+        # Event kinds other capabilities handle (besides read state and acknowledgements).
+        self.handlers: dict[str, Callable[[dict], None]] = {}
 
     def start(self) -> None:
         """Start watching (when enabled)."""
@@ -243,21 +246,28 @@ class Bus:
         return True
 
     def _deliver_event(self, event: dict, late: bool = False) -> None:
-        """Send a read event's frames to the user's sockets here.
+        """Send a read or acknowledgement event's frames to the user's sockets here.
 
         A ``late`` event (caught up after a break) skips sockets that connected after it
-        was published: their welcome already carried a newer unread count.
+        was published: their welcome already carried a newer unread count (and a feed
+        fetched after it, the acknowledgement).
         """
-        if event.get("kind") != "read":
-            return
+        kind = event.get("kind")
         try:
             user_id = str(event["user_id"])
-            messages = [
-                {"type": "read", "ids": list(event["ids"])},
-                {"type": "unread_count", "count": int(event["count"])},
-            ]
+            if kind == "read":
+                messages = [
+                    {"type": "read", "ids": list(event["ids"])},
+                    {"type": "unread_count", "count": int(event["count"])},
+                ]
+            elif kind == "acknowledged":
+                messages = [{"type": "acknowledged", "id": str(event["id"])}]
+            elif kind in self.handlers:
+                return self.handlers[kind](event)
+            else:
+                return
         except (KeyError, TypeError, ValueError):
-            log.warning("ignored a malformed read event")
+            log.warning("ignored a malformed %s event", kind)
             return
         if not late:
             self.hub.send_user(user_id, messages)

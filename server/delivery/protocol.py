@@ -26,6 +26,7 @@ from server.auth.credentials import Principal, Tokens
 from server.auth.ratelimit import FrameGate, OpenGate, RateLimits
 from server.delivery import wire
 from server.delivery.hub import Hub, Subscription, notification_frame
+from server.escalation.ack import Acknowledgements
 from server.feed.notifications import Notifications
 
 log = logging.getLogger("notify.protocol")
@@ -67,7 +68,9 @@ class ConnectionProtocol:
         audit: Audit,
         limits: RateLimits,
         storage_timeout: float,
+        acknowledgements: Acknowledgements | None = None,
     ):
+        self.acknowledgements = acknowledgements
         self.hub = hub
         self.notifications = notifications
         self.store = store
@@ -191,6 +194,10 @@ class ConnectionProtocol:
             await notifications.mark_read(sub.user_id, sub.roles, frame["id"])
         elif kind == "read_all":
             await notifications.mark_all_read(sub.user_id, sub.roles)
+        elif kind == "acknowledge" and self.acknowledgements is not None:
+            await self.acknowledgements.acknowledge(
+                frame["id"], sub.user_id, frame["note"], sub.user_id, sub.roles
+            )
 
     def bad_frame(self, peer: Peer, code: str, message: str, fields: dict | None = None) -> None:
         """Answer a bad frame with an error frame; close with 1008 if they keep coming."""

@@ -90,6 +90,12 @@ class Notifications:
             "delivered_at": None,
             "read_at": None,
             "origin": self.node_id,
+            # Per user (CONTRACT §8): a broadcast is never acknowledged and never escalates.
+            "ack_required": target.get("user_id") is not None
+            and bool(payload.get("ack_required", payload["priority"] == CRITICAL)),
+            "acknowledged_at": None,
+            "acknowledged_by": None,
+            "escalation": payload.get("escalation") if target.get("user_id") else None,
         }
 
     async def create(self, payload: dict) -> list[dict]:
@@ -294,8 +300,9 @@ class Notifications:
         count = await self.unread_count(user_id, roles)
         await self.publish_event({"kind": "read", "user_id": user_id, "ids": ids, "count": count})
 
-    async def unacknowledged_critical(self, limit: int = 50) -> list[dict]:
-        """Personal critical notifications no device acknowledged within ``critical_ack``.
+    async def unacknowledged(self, limit: int = 50) -> list[dict]:
+        """Personal notifications that need acknowledgement, unacknowledged ``critical_ack``
+        after they were sent (CONTRACT §8: listed until someone acknowledges them).
 
         Newest first. The age counts from sending: ``deliver_at`` for a scheduled one.
         """
@@ -304,13 +311,23 @@ class Notifications:
         found: list[dict] = []
         before = None
         while len(found) < limit:
-            page = await self.store.unacknowledged_critical(cutoff, now, before, limit)
+            page = await self.store.unacknowledged(cutoff, now, before, limit)
             # Exact here: the embedded server compares dates to the whole second only.
-            found += [d for d in page if _sent_at(d) <= cutoff]
+            found += [d for d in page if sent_at(d) <= cutoff]
             if len(page) < limit:
                 break
             before = page[-1]["seq"]
         return [public(d) for d in found[:limit]]
+
+    async def store_once(self, docs: list[dict]) -> list[dict]:
+        """Plan and store documents whose ``_id`` says what they are (an escalation's alert):
+        a retry after a crash finds them stored and stores nothing twice (``seq`` None)."""
+        await self._plan(docs)
+        stored = await self.sequencer.append(docs, idempotent=True)
+        for doc in stored:
+            if doc.get("seq") is not None:
+                METRICS.created.labels(doc["type"]).inc()
+        return stored
 
     # ---- replay ------------------------------------------------------------------------
 
@@ -338,7 +355,7 @@ def _parse_feed_token(token: str | None) -> tuple[str | None, int | None]:
     return "n", int(token)
 
 
-def _sent_at(doc: dict) -> datetime:
+def sent_at(doc: dict) -> datetime:
     """When a notification went out: its creation, or its ``deliver_at`` if scheduled."""
     deliver_at = doc.get("deliver_at")
     return max(doc["created_at"], deliver_at) if deliver_at is not None else doc["created_at"]

@@ -25,6 +25,11 @@ def public(doc: dict, read_at: datetime | None = None) -> dict:
         "delivered_at": iso(doc.get("delivered_at")),
         "read_at": iso(doc.get("read_at") if read_at is None else read_at),
         "cursor": str(doc["seq"]) if doc.get("seq") is not None else None,
+        # Stored before acknowledgement existed, a notification reads as not requiring it.
+        "ack_required": doc.get("ack_required", False),
+        "acknowledged_at": iso(doc.get("acknowledged_at")),
+        "acknowledged_by": doc.get("acknowledged_by"),
+        "escalation": doc.get("escalation"),
     }
     if doc.get("audience") is not None:
         out["audience"] = doc["audience"]

@@ -37,7 +37,7 @@ from typing import Any
 from bson import ObjectId
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from server.app.errors import Conflict, StorageUnavailable
 from server.app.metrics import METRICS
@@ -97,6 +97,34 @@ class ScheduledStore:
         except DuplicateKeyError:
             return False
         return True
+
+    async def put_many(
+        self, entries: list[tuple[str, str, int, dict[str, Any], str | None]]
+    ) -> None:
+        """Enqueue several ``(kind, key, due_ms, payload, ref)`` in one write; keys already
+        queued are kept as they are."""
+        now = utcnow()
+        docs = []
+        for kind, key, due_ms, payload, ref in entries:
+            doc = {
+                "_id": key,
+                "kind": kind,
+                "state": PENDING,
+                "claim_ms": due_ms,
+                "claimed_by": None,
+                "claim": None,
+                "attempts": 0,
+                "scheduled_at": now,
+                "payload": payload,
+            }
+            if ref is not None:
+                doc["ref"] = ref
+            docs.append(doc)
+        try:
+            await self.collection.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                raise
 
     async def drop(self, ref: str, kinds: list[str]) -> int:
         """Delete the pending work of these kinds about one notification; how many."""
@@ -262,6 +290,17 @@ class Scheduler:
         if added and (self._wake_ms is None or due_ms < self._wake_ms):
             self._wake.set()
         return added
+
+    async def enqueue_many(self, work: list[tuple[str, str, datetime, dict, str | None]]) -> None:
+        """Queue several ``(kind, key, due_at, payload, ref)`` in one write (a planner's
+        batch); keys already queued stay as they are."""
+        if not work:
+            return
+        entries = [(k, key, millis(due), p, ref) for k, key, due, p, ref in work]
+        await self.store.put_many(entries)
+        earliest = min(e[2] for e in entries)
+        if self._wake_ms is None or earliest < self._wake_ms:
+            self._wake.set()
 
     async def drop(self, ref: str, kinds: list[str]) -> int:
         """Forget pending work of these kinds about notification ``ref``."""

@@ -4,7 +4,9 @@ One document per event in the ``timeline`` collection, appended once and never u
 recording costs one insert and no read of the notification. What the notification itself
 already says is not stored again: ``created``, ``scheduled`` and ``expired`` are derived from
 its ``created_at``, ``deliver_at`` and ``expires_at`` when the timeline is read, which keeps
-the ingest path free of timeline writes.
+the ingest path free of timeline writes. The one exception: a notification that needed
+acknowledgement and expired without it gets a stored ``expired`` event with
+``unacknowledged: true`` (for webhooks), which then replaces the derived one.
 """
 
 from __future__ import annotations
@@ -136,5 +138,9 @@ class Timeline:
             {"notification_id": doc["_id"]}, sort=[("at", ASCENDING), ("_id", ASCENDING)]
         )
         stored = [(e["at"], {"event": e["event"], **e.get("fields", {})}) async for e in cursor]
+        if any(event["event"] == "expired" for _, event in stored):
+            # Stored when it expired unacknowledged (server/escalation/expiry.py): it says
+            # more than the derived one, which would only repeat it.
+            derived = [item for item in derived if item[1]["event"] != "expired"]
         merged = sorted(derived + stored, key=lambda item: item[0])  # stable: ties keep order
         return [{"at": iso(at), **event} for at, event in merged]

@@ -75,11 +75,13 @@ class Endpoints:
         return [e for e in self._cached if kind in e["events"]]
 
     async def sending(self, endpoint_id: str) -> dict | None:
-        """An endpoint to send to (URL and secret): from the cache when fresh, else MongoDB."""
-        if time.monotonic() - self._read_at <= self.cache_seconds:
-            for endpoint in self._cached:
-                if endpoint["_id"] == endpoint_id:
-                    return endpoint
+        """An endpoint to send to (URL and secret), from the cache (refreshed when stale)."""
+        if time.monotonic() - self._read_at > self.cache_seconds:
+            await self._refresh()
+        for endpoint in self._cached:
+            if endpoint["_id"] == endpoint_id:
+                return endpoint
+        # Deleted, or made on another node since this one last read the list.
         return await self.get(endpoint_id)
 
     async def _refresh(self) -> None:

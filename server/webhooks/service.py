@@ -239,8 +239,10 @@ class Webhooks:
             DELIVERIES.labels("succeeded").inc()
             await self.scheduler.settle(entry, None)
         elif manual or attempt > len(self.retries):
-            await self.deliveries.attempted(did, FAILED, outcome.status, None)
+            # The entry goes first: a retry asked for as soon as the delivery shows failed
+            # must find its key free.
             await self.scheduler.settle(entry, None)
+            await self.deliveries.attempted(did, FAILED, outcome.status, None)
             if not manual:
                 DELIVERIES.labels("failed").inc()
                 await self.timeline.record(

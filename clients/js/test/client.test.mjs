@@ -177,31 +177,23 @@ test("a refused Origin is reported with a hint", async () => {
   }
 });
 
-describe("acknowledge", () => {
-  test("sends the contract's frame and reports acknowledged from the service", async (t) => {
-    const { c, log } = client({ token: tokenFor("js-7") });
-    c.connect();
-    try {
-      await until(() => c.status === "open");
-      const made = await service.notify("js-7", "Critical", { priority: "critical" });
-      await until(() => c.notifications.length === 1);
-      await c.acknowledge(made.id, "seen it");
-      const answered = await until(
-        () => log.of("acknowledged").length || log.of("error").length,
-        20000,
-        "an answer",
-      );
-      if (log.of("error").some((e) => e.code === "bad_frame")) {
-        t.skip("this service does not know the acknowledge frame yet (CONTRACT section 8)");
-        return;
-      }
-      assert.ok(answered);
-      assert.deepEqual(log.of("acknowledged"), [{ id: made.id }]);
-      assert.ok(c.notifications[0].acknowledged_at);
-    } finally {
-      c.close();
-    }
-  });
+test("acknowledge sends the contract's frame; the service's acknowledged frame is the event", async () => {
+  const { c, log } = client({ token: tokenFor("js-7") });
+  c.connect();
+  try {
+    await until(() => c.status === "open");
+    const made = await service.notify("js-7", "Critical", { priority: "critical" });
+    await until(() => c.notifications.length === 1);
+    await c.acknowledge(made.id, "seen it");
+    await until(() => log.of("acknowledged").length || log.of("error").length, 20000, "an answer");
+    assert.deepEqual(log.of("error"), []);
+    assert.deepEqual(log.of("acknowledged"), [{ id: made.id }]);
+    assert.ok(c.notifications[0].acknowledged_at);
+    const feed = await service.call("GET", "/v1/users/js-7/notifications");
+    assert.equal(feed.items[0].acknowledged_by, "js-7");
+  } finally {
+    c.close();
+  }
 });
 
 describe("SSE", () => {
@@ -256,6 +248,25 @@ describe("SSE", () => {
     const [closed] = log.of("status").filter((s) => s.code === 1008);
     assert.match(closed.reason, /token expired/); // the close event's code and reason
     assert.deepEqual(log.of("error").map((e) => e.code), ["policy_close", "token_refused", "unauthorized"]);
+  });
+
+  test("acknowledge over REST on SSE: one acknowledged event, the item stamped", async () => {
+    const { c, log } = client({ token: tokenFor("js-12"), transport: "sse", WebSocket: undefined });
+    c.connect();
+    try {
+      await until(() => c.status === "open", 20000, "open");
+      const made = await service.notify("js-12", "Critical", { priority: "critical" });
+      await until(() => c.notifications.length === 1, 20000, "the notification");
+      await c.acknowledge(made.id, "seen at the desk");
+      await until(() => c.notifications[0].acknowledged_at, 20000, "acknowledged_at");
+      assert.equal(c.notifications[0].acknowledged_by, "js-12");
+      const feed = await service.call("GET", "/v1/users/js-12/notifications");
+      assert.ok(feed.items[0].acknowledged_at);
+      assert.deepEqual(log.of("acknowledged"), [{ id: made.id }]); // the answer and the frame: once
+      await assert.rejects(c.acknowledge("no-such-id"), (err) => err.code === "not_found" && err.status === 404);
+    } finally {
+      c.close();
+    }
   });
 
   test("a refused token on SSE counts toward unauthorized", async () => {

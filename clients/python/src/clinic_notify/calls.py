@@ -235,7 +235,7 @@ class Operations(Generic[T]):
         deliver_at: When,
         options: dict[str, Any],
     ) -> T:
-        unknown = set(options) - {"title", "priority", "expires_at"}
+        unknown = set(options) - {"title", "priority", "expires_at", "ack_required", "escalation"}
         if unknown:
             raise TypeError(f"unexpected options: {', '.join(sorted(unknown))}")
         return self.send(user_id, kind, data, message=message, deliver_at=deliver_at, **options)
