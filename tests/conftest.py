@@ -27,7 +27,7 @@ from hypothesis import settings as hypothesis_settings
 from pymongo import MongoClient
 
 from server.ops.embedded import EmbeddedMongo
-from tests.support import Api, serve_node, test_settings
+from tests.support import Api, serve_node, stop_node, test_settings
 
 ALL_SCOPES = ["notify", "broadcast", "tokens", "read", "admin"]
 
@@ -98,14 +98,14 @@ def settings(db_name, tmp_path):
 async def node(settings, mongo_uri):
     running = await serve_node(settings, mongo_uri)
     yield running
-    await running.stop()
+    await stop_node(running)
 
 
 @pytest_asyncio.fixture
 async def second_node(settings, mongo_uri):
     running = await serve_node(settings.with_(node_id="second"), mongo_uri)
     yield running
-    await running.stop()
+    await stop_node(running)
 
 
 @pytest_asyncio.fixture

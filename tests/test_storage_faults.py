@@ -26,7 +26,7 @@ from server.app.store import is_hidden
 from server.app.timeutil import utcnow
 from server.ops.embedded import EmbeddedMongo, free_port
 from tests.conftest import ALL_SCOPES
-from tests.support import WAIT, Api, Socket, serve_node, wait_for
+from tests.support import WAIT, Api, Socket, serve_node, stop_node, wait_for
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]  # each test starts a database server
 
@@ -78,13 +78,13 @@ async def nodes(database, settings):
     first = await serve_node(settings.with_(**TIMEOUTS, node_id="a"), database.uri)
     second = await serve_node(settings.with_(**TIMEOUTS, node_id="b"), database.uri)
     yield first, second
-    # A node that cannot stop (say, hung on the database) fails the test: never hidden.
+    # A node that cannot stop (say, hung on the database) fails the test, with the stacks
+    # of its tasks: never hidden.
     stopped = await asyncio.gather(
-        *(asyncio.wait_for(running.stop(), 20) for running in (first, second)),
-        return_exceptions=True,
+        *(stop_node(running) for running in (first, second)), return_exceptions=True
     )
-    failed = [repr(e) for e in stopped if isinstance(e, BaseException)]
-    assert not failed, f"a node did not stop cleanly: {failed}"
+    failed = [str(e) for e in stopped if isinstance(e, BaseException)]
+    assert not failed, "a node did not stop cleanly:\n" + "\n".join(failed)
 
 
 async def wait_ready(api: Api, within: float = 30.0) -> None:
@@ -212,7 +212,7 @@ async def test_reads_are_503_while_the_database_is_down(database, settings):
         await wait_ready(api)
         assert [i["title"] for i in (await api.get(READS[0]))["items"]] == ["before"]
     finally:
-        await asyncio.wait_for(running.stop(), 20)
+        await stop_node(running)
 
 
 async def test_database_that_hangs_gives_503_in_bounded_time_then_recovers(database, nodes):
