@@ -61,6 +61,9 @@ class Settings:
         1048576, "per-socket unsent bytes before a slow reader is dropped"
     )
     replay_limit: int = setting(500, "most notifications replayed on reconnect")
+    replay_window_bytes: int = setting(
+        67108864, "memory for recent notifications that answer replays without a database read"
+    )
     retention_days: int = setting(90, "days a notification is kept (TTL index) after it expires")
     audit_retention_days: int = setting(365, "days audit entries are kept (TTL index)")
     critical_ack_seconds: int = setting(
@@ -93,19 +96,39 @@ class Settings:
     )
     metrics_public: bool = setting(True, "serve /metrics without credentials")
     # Rate limits: tokens per second and burst per bucket; a rate of 0 turns a limit off.
-    # The defaults let the benchmarks (thousands of sockets from 127.0.0.1) through.
-    rate_rest_key: float = setting(5000.0, "REST requests per second per API key or token")
-    rate_rest_key_burst: int = setting(10000, "REST requests in a burst per API key or token")
-    rate_rest_ip: float = setting(5000.0, "REST requests per second per client address")
-    rate_rest_ip_burst: int = setting(10000, "REST requests in a burst per client address")
-    rate_connect_ip: float = setting(1000.0, "socket connection attempts per second per address")
-    rate_connect_ip_burst: int = setting(20000, "socket connection attempts in a burst per address")
+    # Defaults bite within a second of a flood on one node; docs/security.md gives each
+    # one's reason. The benchmarks set their own (bench/service.py).
+    rate_rest_key: float = setting(
+        25.0, "REST requests per second per API key (a key's own --rate overrides it)"
+    )
+    rate_rest_key_burst: int = setting(50, "REST requests in a burst per API key")
+    rate_rest_token: float = setting(10.0, "REST requests per second per connection token's user")
+    rate_rest_token_burst: int = setting(50, "REST requests in a burst per token's user")
+    rate_rest_ip: float = setting(
+        10.0, "REST requests per second per address without a valid credential (none, or bad)"
+    )
+    rate_rest_ip_burst: int = setting(50, "such requests in a burst per address")
+    rate_connect_user: float = setting(2.0, "socket connects per second per token's user")
+    rate_connect_user_burst: int = setting(20, "socket connects in a burst per token's user")
+    rate_connect_ip: float = setting(
+        20.0, "socket connects per second per address without a valid token at the upgrade"
+    )
+    rate_connect_ip_burst: int = setting(100, "such socket connects in a burst per address")
     rate_socket_frames: float = setting(100.0, "client frames per second per socket")
     rate_socket_frames_burst: int = setting(1000, "client frames in a burst per socket")
-    rate_login_account: float = setting(0.05, "dashboard logins per second per account")
-    rate_login_account_burst: int = setting(5, "dashboard logins in a burst per account")
-    rate_login_ip: float = setting(0.5, "dashboard logins per second per address")
-    rate_login_ip_burst: int = setting(20, "dashboard logins in a burst per address")
+    login_free_failures: int = setting(
+        5, "wrong dashboard passwords per account and address before each next one waits"
+    )
+    login_delay_seconds: float = setting(
+        1.0, "first wait after those failures; it doubles with each further one (0: off)"
+    )
+    login_delay_max_seconds: float = setting(
+        900.0, "longest wait per account and address; that long without failure forgives"
+    )
+    rate_login_ip: float = setting(
+        0.05, "failed dashboard logins per second per address, across accounts"
+    )
+    rate_login_ip_burst: int = setting(20, "failed dashboard logins in a burst per address")
     rate_limit_max_keys: int = setting(50000, "most buckets one limit keeps (idle ones go first)")
     trust_proxy_headers: bool = setting(
         False, "take the client address from X-Forwarded-For / X-Real-Ip (behind a proxy)"
@@ -124,6 +147,31 @@ class Settings:
     staff_session_hours: float = setting(12.0, "how long a dashboard login lasts")
     staff_recheck_seconds: float = setting(
         60.0, "how often an open staff socket checks that its session still holds"
+    )
+    # Web Push (CONTRACT §6, docs/push.md). Times are settings so that tests can scale them.
+    push_grace_seconds: float = setting(
+        10.0, "seconds a notification waits for a socket's ack before it is pushed (0: at once)"
+    )
+    push_attempts: int = setting(5, "most attempts of one push to one device (429 and 5xx retry)")
+    push_retry_seconds: float = setting(
+        2.0, "first delay before retrying a push; doubles each time (Retry-After wins if longer)"
+    )
+    push_ttl_seconds: int = setting(
+        86400, "how long a push service keeps a push for an offline device (without expires_at)"
+    )
+    push_content: str = setting(
+        "minimal", "minimal (type's default title only) or full (adds the title and message)"
+    )
+    push_sweep_seconds: float = setting(
+        1.0, "how often a node looks for notifications whose grace period has passed"
+    )
+    push_timeout_seconds: float = setting(10.0, "seconds one request to a push service may take")
+    push_concurrency: int = setting(32, "requests in flight at once to one push service")
+    vapid_subject: str = setting(
+        "", "mailto: or https: contact in every VAPID JWT (required outside development)"
+    )
+    vapid_private_key: str = setting(
+        "", "VAPID private key (base64url, 32 bytes); empty: made once and kept in MongoDB"
     )
     log_level: str = setting("INFO", "log level")
     debug: bool = setting(False, "Tornado debug mode (never in production)")
@@ -154,11 +202,17 @@ class Settings:
 
     @property
     def webhook_retries(self) -> tuple[float, ...]:
-        """The delays before each webhook retry, in seconds (ValueError if malformed)."""
+        """The delays before each webhook retry, in seconds (a malformed list stops start-up)."""
         parts = [p.strip() for p in self.webhook_retry_seconds.split(",") if p.strip()]
-        delays = tuple(float(p) for p in parts)
-        if any(not 0 <= d <= 7 * 86400 for d in delays):
-            raise ValueError("webhook retry delays must be between 0 and 604800 seconds")
+        try:
+            delays = tuple(float(p) for p in parts)
+        except ValueError:
+            delays = (-1.0,)
+        if len(delays) > 20 or any(not 0 <= d <= 7 * 86400 for d in delays):
+            raise SystemExit(
+                f"setting NOTIFY_WEBHOOK_RETRY_SECONDS: cannot read {self.webhook_retry_seconds!r}"
+                " as up to 20 comma-separated delays of 0 to 604800 seconds"
+            )
         return delays
 
     def with_(self, **changes: Any) -> Settings:

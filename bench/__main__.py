@@ -19,7 +19,9 @@ SCENARIOS = {
     "ingest": "notifications stored per second, single and batched, vs raw insert_many",
     "reconnect": "sockets drop, notifications pile up, all reconnect with since",
     "stalled": "memory while 100 stalled readers sit through a fan-out",
+    "cluster": "three nodes: latency across nodes, then one killed and its clients moved",
     "webhooks": "signed webhook deliveries per second to a local receiver",
+    "push": "Web Push to 5,000 users with no socket: pushes per second, CPU per push",
 }
 
 
@@ -37,6 +39,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--processes", type=int, help="load-client processes (default: by size)")
     parser.add_argument("--mongodb-uri", default="", help="use this database, not an embedded one")
     parser.add_argument("--workdir", help="keep logs and data here (default: a temporary folder)")
+    parser.add_argument(
+        "--profile", action="store_true", help="sample the service with py-spy while measured"
+    )
     return parser.parse_args(argv)
 
 
@@ -55,6 +60,7 @@ async def main(args: argparse.Namespace) -> int:
                 seconds=args.seconds,
                 processes=args.processes,
                 mongodb_uri=args.mongodb_uri,
+                profile=args.profile,
             )
             opts.workdir.mkdir(parents=True, exist_ok=True)
             module = importlib.import_module(f"bench.{name}")

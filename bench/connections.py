@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 
 from bench.clients import LoadClients
-from bench.report import Options, Report
+from bench.profile import profiled
+from bench.report import Options, Report, cpu_line
 from bench.service import Baseline, Proc, Service
 
 STEPS = (10_000, 15_000)
 TARGET_RSS_RATIO = 1.3
+TARGET_RATE_RATIO = 0.5  # authenticated connects a second, against the bare server's
 
 
 async def hold(
@@ -24,16 +26,23 @@ async def hold(
     paths: list[str],
     steps: tuple[int, ...],
     out: Report,
-    rest: float,
-) -> dict[int, float]:
-    """Connect up to each step's count; the RSS per connection (KiB) at each step."""
+    opts: Options,
+) -> tuple[dict[int, float], dict[int, float]]:
+    """Connect up to each step's count; the RSS per connection (KiB) and the connect rate
+    at each step."""
+    rest = opts.timed(1.0)
     await asyncio.sleep(rest / 2)
     idle = server.rss_kb()
     per_conn: dict[int, float] = {}
+    rates: dict[int, float] = {}
     done = 0
     name = type(server).__name__.lower()
     for step in steps:
-        got = await clients.connect(server, paths[done:step], concurrency=32)
+        cpu = server.cpu()
+        async with profiled(opts, out, server.pid if done == 0 else None, f"{name}-connects"):
+            got = await clients.connect(server, paths[done:step], concurrency=32)
+        out.line(cpu_line(cpu, server.cpu(), step - done, f"{name} connect"))
+        rates[step] = got["rate"]
         done = step
         await asyncio.sleep(rest)
         held = sum(a["open"] for a in await clients.each("status"))
@@ -45,7 +54,7 @@ async def hold(
             f"rss_per_conn={per_conn[step]:.2f}KiB connect_rate={got['rate']:.0f}/s{failed}"
         )
     await clients.each("close")
-    return per_conn
+    return per_conn, rates
 
 
 async def run(opts: Options, out: Report) -> None:
@@ -57,13 +66,13 @@ async def run(opts: Options, out: Report) -> None:
         service = await Service.start(opts.workdir, mongodb_uri=opts.mongodb_uri)
         try:
             paths = [service.socket_path(u) for u in users]
-            mine = await hold(service, clients, paths, steps, out, opts.timed(1.0))
+            mine, my_rates = await hold(service, clients, paths, steps, out, opts)
         finally:
             await service.stop()
         baseline = await Baseline.start(opts.workdir)
         try:
             paths = [baseline.socket_path(u) for u in users]
-            theirs = await hold(baseline, clients, paths, steps, out, opts.timed(1.0))
+            theirs, their_rates = await hold(baseline, clients, paths, steps, out, opts)
         finally:
             await baseline.stop()
     finally:
@@ -72,3 +81,7 @@ async def run(opts: Options, out: Report) -> None:
         ratio = mine[step] / theirs[step] if theirs[step] > 0 else float("inf")
         out.line(f"ratio rss_per_conn service/baseline at {step}: {ratio:.2f}")
     out.target("rss_per_conn_ratio", ratio, TARGET_RSS_RATIO)
+    first = steps[0]
+    rate_ratio = my_rates[first] / their_rates[first]
+    out.line(f"ratio connect_rate service/baseline at {first}: {rate_ratio:.2f}")
+    out.target("connect_rate_ratio", rate_ratio, TARGET_RATE_RATIO, below=False)

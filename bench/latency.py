@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 
 from bench.clients import LoadClients
 from bench.http import HttpConn
+from bench.profile import profiled
 from bench.report import Options, Report, cpu_line, ms, pct
 from bench.service import HOST, Baseline, Service
 
@@ -148,10 +149,11 @@ async def run(opts: Options, out: Report) -> None:
             got = await clients.connect(service, [service.socket_path(u) for u in users])
             out.line(f"service connected={got['connected']} failed={got['failed']}")
             cpu = service.cpu()
-            mine = await measure(
-                "service", service.port, service.key, service_sender([0]), clients, users,
-                opts, out,
-            )  # fmt: skip
+            async with profiled(opts, out, service.pid, "latency"):
+                mine = await measure(
+                    "service", service.port, service.key, service_sender([0]), clients, users,
+                    opts, out,
+                )  # fmt: skip
             sent = sum(int(r * opts.timed(DEFAULT_SECONDS)) for r in RATES)
             out.line(cpu_line(cpu, service.cpu(), sent, "notification"))
         finally:

@@ -183,10 +183,12 @@ class Fleet:
         opts = {**cmd, "collect": True}
         started = time.monotonic()
 
-        async def one(prev: Peer) -> None:
+        ports = cmd.get("ports") or [cmd["port"]]  # dealt out: a killed node's clients move
+
+        async def one(index: int, prev: Peer) -> None:
             path = f"{prev.path.split('&since=')[0]}&since={prev.cursor}"
             async with sem:
-                got = await self.open_one(cmd["host"], cmd["port"], path, opts)
+                got = await self.open_one(cmd["host"], ports[index % len(ports)], path, opts)
             if isinstance(got, Peer):
                 self.peers.append(got)
                 return
@@ -195,7 +197,7 @@ class Fleet:
             if len(self.caught_up) >= self.expect:
                 self.all_caught.set()
 
-        await asyncio.gather(*(one(p) for p in old))
+        await asyncio.gather(*(one(i, p) for i, p in enumerate(old)))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.all_caught.wait(), cmd.get("timeout", 60))
         return {"started": started, "failed": dict(failed), **self._verify(cmd["expect"])}

@@ -95,6 +95,7 @@ class Options:
     seconds: float | None = None
     processes: int | None = None
     mongodb_uri: str = ""
+    profile: bool = False
 
     def sized(self, default: int) -> int:
         """The scenario's main count: ``--size`` or its default."""

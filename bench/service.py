@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -64,13 +65,13 @@ class Proc:
         """A keep-alive HTTP connection to this server."""
         return HttpConn(HOST, self.port, key)
 
-    async def wait_ready(self, path: str, timeout: float = 60.0) -> None:
-        """Poll ``path`` until it answers 200."""
+    async def wait_ready(self, path: str, timeout: float = 60.0, port: int | None = None) -> None:
+        """Poll ``path`` (on ``port``, default this server's) until it answers 200."""
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited ({self.proc.returncode}); see {self.log}")
-            conn = self.http()
+            conn = HttpConn(HOST, port or self.port)
             try:
                 status, _ = await conn.request("GET", path)
                 if status == 200:
@@ -95,6 +96,23 @@ class Proc:
                 self.proc.wait()
 
 
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free ports on 127.0.0.1."""
+    while True:
+        first = free_port()
+        if all(_port_free(first + i) for i in range(1, count)):
+            return first
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
 def _embedded_uri(data_dir: Path) -> str:
     embedded = EmbeddedMongo(data_dir)
     port = embedded.running()
@@ -115,6 +133,21 @@ def _spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
         out.close()
 
 
+# Rate limits set here, explicitly: a benchmark sends thousands of requests with one key and
+# opens thousands of sockets from one address and user, which the defaults rightly refuse
+# within a second (docs/security.md). Off, but the socket frame limit, which stays at its
+# default: the benchmarks measure the service, not its limits.
+BENCH_LIMITS = {
+    "NOTIFY_RATE_REST_KEY": "0",
+    "NOTIFY_RATE_REST_TOKEN": "0",
+    "NOTIFY_RATE_REST_IP": "0",
+    "NOTIFY_RATE_CONNECT_USER": "0",
+    "NOTIFY_RATE_CONNECT_IP": "0",
+    "NOTIFY_RATE_SOCKET_FRAMES": "100",
+    "NOTIFY_RATE_SOCKET_FRAMES_BURST": "1000",
+}
+
+
 class Service(Proc):
     """The real service (``run.py``), its embedded database, an API key, token minting."""
 
@@ -126,12 +159,17 @@ class Service(Proc):
 
     @classmethod
     async def start(
-        cls, workdir: Path, settings: dict[str, str] | None = None, mongodb_uri: str = ""
+        cls,
+        workdir: Path,
+        settings: dict[str, str] | None = None,
+        mongodb_uri: str = "",
+        nodes: int = 1,
     ) -> Service:
-        """``python run.py --port P --data-dir <workdir>/service`` with the bench's settings."""
+        """``python run.py --port P --data-dir <workdir>/service`` with the bench's settings
+        (``--nodes N``: the local cluster, its nodes on ports P to P + N - 1)."""
         data_dir = workdir / "service"
         data_dir.mkdir(parents=True, exist_ok=True)
-        port = free_port()
+        port = free_ports(nodes)
         db = f"bench_{os.getpid()}_{port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}
         env.pop("MONGODB_URI", None)
@@ -141,15 +179,19 @@ class Service(Proc):
             NOTIFY_MONGODB_DB=db,
             NOTIFY_MAX_CONNECTIONS="19000",
             NOTIFY_MAX_CONNECTIONS_PER_USER="1000",
+            **BENCH_LIMITS,
         )
         if mongodb_uri:
             env["MONGODB_URI"] = mongodb_uri
         env.update(settings or {})
         log = workdir / "service.log"
         args = [str(ROOT / "run.py"), "--port", str(port), "--data-dir", str(data_dir)]
+        if nodes > 1:
+            args += ["--nodes", str(nodes)]
         service = cls(_spawn(args, log, env), port, log)
         try:
-            await service.wait_ready("/readyz")
+            for i in range(nodes):
+                await service.wait_ready("/readyz", port=port + i)
             service.db = db
             service.uri = mongodb_uri or _embedded_uri(data_dir)
             state = data_dir / "embedded.json"

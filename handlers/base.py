@@ -164,7 +164,14 @@ class APIHandler(BaseHandler):
 
     async def prepare(self) -> None:
         await super().prepare()
-        self.services.limits.rest_ip.check(self.request.remote_ip or "")
+        # An address past its limit of requests without a valid credential is refused here
+        # when this one carries none either; one with a credential is judged by it
+        # (``authenticate``): per credential first, as a clinic shares one address.
+        if "Authorization" not in self.request.headers:
+            limit = self.services.limits.rest_ip
+            wait = limit.peek(self.request.remote_ip or "")
+            if wait:
+                raise limit.refusal(wait)
         if len(self.request.body or b"") > self.config.max_body_bytes:
             raise TooLarge(f"the body is larger than {self.config.max_body_bytes} bytes")
 
@@ -172,17 +179,29 @@ class APIHandler(BaseHandler):
 
     async def authenticate(self) -> Principal:
         """The caller behind ``Authorization: Bearer``: an API key or a connection token."""
+        limits, services = self.services.limits, self.services
         header = self.request.headers.get("Authorization", "")
         scheme, _, credential = header.partition(" ")
         credential = credential.strip()
-        if scheme.lower() != "bearer" or not credential:
-            raise Unauthorized("send Authorization: Bearer <API key or token>")
-        if looks_like_token(credential):
-            self.principal = self.services.tokens.check(credential)
-        else:
-            self.principal = await self.services.api_keys.check(credential)
-        self.services.limits.rest_key.check(f"{self.principal.kind}:{self.principal.id}")
-        return self.principal
+        # This address's failures so far: past its limit, a bad credential is a 429, and an
+        # API key this node has not seen valid lately is not even looked up in MongoDB.
+        over = limits.rest_ip.peek(self.request.remote_ip or "")
+        try:
+            if scheme.lower() != "bearer" or not credential:
+                raise Unauthorized("send Authorization: Bearer <API key or token>")
+            if looks_like_token(credential):
+                principal = services.tokens.check(credential)
+            elif over and not services.api_keys.known_good(credential):
+                raise limits.rest_ip.refusal(over)
+            else:
+                principal = await services.api_keys.check(credential)
+        except Unauthorized:
+            if over:
+                raise limits.rest_ip.refusal(over) from None
+            raise
+        self.principal = principal
+        limits.check_credential(principal.kind, f"{principal.kind}:{principal.id}", principal.rate)
+        return principal
 
     async def require_scope(self, scope: str) -> Principal:
         """Authenticate and demand an API key with ``scope``."""
@@ -190,11 +209,19 @@ class APIHandler(BaseHandler):
         principal.require_scope(scope)
         return principal
 
-    async def require_user(self, user_id: str) -> tuple[Principal, tuple[str, ...]]:
-        """Authenticate as that user's token or a ``read`` key; returns the user's roles."""
+    async def require_user(self, user_id: str, *scopes: str) -> tuple[Principal, tuple[str, ...]]:
+        """Authenticate as that user's token or a key with one of ``scopes`` (``read``).
+
+        Returns the user's roles.
+        """
         self.audit_target = user_id
         principal = await self.authenticate()
-        principal.require_user(user_id)
+        scopes = scopes or ("read",)
+        if principal.kind == "api_key" and len(scopes) > 1:
+            # The first scope the key holds, so the refusal (if any) names the first one.
+            held = [s for s in scopes if s in principal.scopes or "admin" in principal.scopes]
+            scopes = (held or scopes)[:1]
+        principal.require_user(user_id, scopes[0])
         roles = principal.roles if principal.kind == "token" else None
         return principal, await self.services.notifications.roles_of(user_id, roles)
 
@@ -277,7 +304,7 @@ class APIHandler(BaseHandler):
         elif isinstance(exc, PyMongoError):
             self.set_status(503)
             code, message = "storage_unavailable", "storage is unavailable; try again"
-            self.set_header("Retry-After", str(RETRY_AFTER_UNAVAILABLE))
+            self.set_header("Retry-After", retry_after(RETRY_AFTER_UNAVAILABLE))
         elif isinstance(exc, web.HTTPError):
             message = exc.log_message if exc.log_message and status_code < 500 else None
         if status_code == 405:
@@ -286,13 +313,17 @@ class APIHandler(BaseHandler):
         self.finish(_to_json(envelope(code, message or self._reason, fields)))
 
     def on_finish(self) -> None:
-        """Audit who read or changed a user's notifications, and every refusal (403).
+        """Count a request without a valid credential against its address; audit who read or
+        changed a user's notifications, and every refusal (403).
 
         An entry names the caller, the user, the route and the source address: never a
         body, a title or a credential.
         """
         status, principal = self.get_status(), self.principal
-        if principal is None or not (status == 403 or (self.audit_action and status < 400)):
+        if principal is None:  # no valid credential: counts against the address
+            self.services.limits.rest_ip.take(self.request.remote_ip or "")
+            return
+        if not (status == 403 or (self.audit_action and status < 400)):
             return
         detail: dict[str, Any] = {
             "method": self.request.method,
@@ -318,8 +349,7 @@ class NotFoundHandler(APIHandler):
     """The catch-all: every unknown path is a JSON 404."""
 
     async def prepare(self) -> None:
-        await BaseHandler.prepare(self)  # the request id of its log lines
-        self.services.limits.rest_ip.check(self.request.remote_ip or "")  # scans count too
+        await super().prepare()  # an address scanning paths meets its limit too
         raise web.HTTPError(404)
 
 

@@ -12,7 +12,7 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from handlers import api, base, escalation, health, openapi, sse, webhooks
+from handlers import api, base, escalation, health, openapi, push, sse, webhooks
 from handlers import socket as ws
 from handlers.dashboard import admin as dashboard_admin
 from handlers.dashboard import base as dashboard_base
@@ -52,6 +52,7 @@ def make_app(node: Node, **extra) -> web.Application:
     handlers = [*health.default_handlers, *api.default_handlers, *ws.default_handlers]
     handlers += sse.default_handlers + escalation.default_handlers
     handlers += openapi.default_handlers + webhooks.default_handlers
+    handlers += push.default_handlers
     handlers += dashboard.default_handlers + dashboard_admin.default_handlers
     handlers += dashboard_webhooks.default_handlers
     handlers += dashboard_ws.default_handlers + dashboard.not_found_handlers

@@ -12,12 +12,12 @@ from tornado import httputil, websocket
 from tornado.iostream import IOStream, StreamClosedError
 
 from server.app import logs, schemas
-from server.app.errors import RateLimited, Unauthorized, envelope, retry_after
+from server.app.errors import Unauthorized, envelope, retry_after
 from server.app.metrics import METRICS
 from server.app.node import Node
 from server.auth import origins
 from server.auth.credentials import Principal
-from server.auth.ratelimit import FrameGate, OpenGate
+from server.auth.ratelimit import FrameGate, Limiter, OpenGate
 from server.delivery import wire
 from server.delivery.hub import Subscription
 from server.delivery.protocol import POLICY
@@ -46,10 +46,14 @@ def stream_send(conn: websocket.WebSocketProtocol | None, data: bytes, limit: in
     Returns SENT, CLOSED, or FULL when more than ``limit`` bytes would be queued (a slow
     reader, whom the caller drops rather than let memory grow).
     """
-    if conn is None or conn.is_closing():  # the stream closed, or a close frame went out
+    if conn is None:
         return CLOSED
     stream = conn.stream
-    queued = len(stream._write_buffer)
+    # conn.is_closing() and len() spelled out: this runs once per socket in every fan-out,
+    # and each call costs more than the test it wraps (Tornado is pinned; see the tests).
+    if stream._closed or conn.client_terminated or conn.server_terminated:
+        return CLOSED  # the stream closed, or a close frame went out
+    queued = stream._write_buffer._size
     if not queued and type(stream) is IOStream:
         try:
             sent = stream.socket.send(data)
@@ -118,43 +122,61 @@ class NotificationSocket(websocket.WebSocketHandler):
         return None
 
     def _admitted(self) -> bool:
-        """Check the request; answer and return False if it may not upgrade."""
+        """Check the request; answer and return False if it may not upgrade.
+
+        Per credential first: a valid token's connects count against its user's limit
+        only (a clinic shares one address); refusals, and connects whose token will come
+        in the auth frame, count against the address (given back when the frame is good).
+        """
         request = self.request
         self.request_id = logs.request_id(request.headers.get("X-Request-Id"))
         logs.REQUEST_ID.set(self.request_id)  # the socket's own log lines carry it too
         self.set_header("X-Request-Id", self.request_id)
         self.ip = request.remote_ip
-        try:
-            self.services.limits.connect_ip.check(self.ip or "")
-        except RateLimited as exc:
-            self.set_header("Retry-After", retry_after(exc.retry_after))
-            return self._refuse(429, "rate_limited", "too many connection attempts; retry later")
+        limits = self.services.limits
         if not self.check_origin(request.headers.get("Origin")):
-            return self._refuse(403, "forbidden", "this Origin is not allowed")
+            return self._fail(403, "forbidden", "this Origin is not allowed")
         given = request.query_arguments
         args_in = {k: v[-1].decode("utf-8", "replace") for k, v in given.items()}
         repeated = {k: ["give it once"] for k, v in given.items() if len(v) != 1}
         self._forget_query()
         if repeated:  # as with JSON keys: which of two tokens would a proxy have checked?
-            return self._refuse(400, "validation_error", "the query is not valid", repeated)
+            return self._fail(400, "validation_error", "the query is not valid", repeated)
         try:
             query = schemas.shared(schemas.SocketQuery).load(args_in)
         except ValidationError as err:
-            return self._refuse(400, "validation_error", "the query is not valid", err.messages)
+            return self._fail(400, "validation_error", "the query is not valid", err.messages)
         since = query.get("since")
         self.since = None if since is None else int(since)
         self.user_agent = request.headers.get("User-Agent", "")[:200]
         token, wanted = query.get("token"), query.get("user_id")
-        if token:
-            try:
-                self.principal = self.services.tokens.check(token)
-            except Unauthorized as exc:
-                return self._refuse(401, "unauthorized", exc.message)
-            if wanted is not None and wanted != self.principal.id:
-                self.services.protocol.note(self, "access.denied", wanted)
-                return self._refuse(403, "forbidden", "user_id does not match the token")
         self.wanted = wanted
-        return True
+        if not token:  # the auth frame follows: the address lends this connect until then
+            wait = limits.connect_ip.take(self.ip or "")
+            return self._too_many(limits.connect_ip, wait) if wait else True
+        try:
+            self.principal = self.services.tokens.check(token)
+        except Unauthorized as exc:
+            return self._fail(401, "unauthorized", exc.message)
+        if wanted is not None and wanted != self.principal.id:
+            self.services.protocol.note(self, "access.denied", wanted)
+            return self._fail(403, "forbidden", "user_id does not match the token")
+        wait = limits.connect_user.take(self.principal.id)
+        return self._too_many(limits.connect_user, wait) if wait else True
+
+    def _fail(self, status: int, code: str, message: str, fields: dict | None = None) -> bool:
+        """Refuse a connect without a valid token: counted against the address, and a 429
+        instead once the address is past its limit; False."""
+        limit = self.services.limits.connect_ip
+        wait = limit.take(self.ip or "")
+        if wait:
+            return self._too_many(limit, wait)
+        return self._refuse(status, code, message, fields)
+
+    def _too_many(self, limit: Limiter, wait: float) -> bool:
+        limit.refusal(wait)  # counted in the metrics
+        self.set_header("Retry-After", retry_after(wait))
+        return self._refuse(429, "rate_limited", "too many connection attempts; retry later")
 
     def _forget_query(self) -> None:
         """Keep no copy of the query for the socket's life: its token is a credential (and

@@ -50,20 +50,18 @@ class NotificationStream(APIHandler):
     async def get(self) -> None:
         """Admit (429, 403, 400, 401 as the socket's upgrade), then stream until closed."""
         node = self.services
-        node.limits.connect_ip.check(self.ip or "")
+        limits = node.limits
+        try:
+            self._admit()
+        except (Forbidden, Unauthorized, ValidationFailed):
+            # As the socket's upgrade: a refusal counts against the address, and once the
+            # address is past its limit it is a 429; a valid token counts against its user.
+            wait = limits.connect_ip.take(self.ip or "")
+            if wait:
+                raise limits.connect_ip.refusal(wait) from None
+            raise
+        limits.connect_user.check(self.principal.id)
         request = self.request
-        if not origins.socket_allowed(
-            request.headers.get("Origin"), request.host, request.protocol,
-            node.settings.origins, cookies=False,
-        ):  # fmt: skip
-            raise Forbidden("this Origin is not allowed")
-        query = self.query(schemas.shared(schemas.SocketQuery))
-        since = query.get("since") or self._last_event_id()
-        self.since = None if since is None else int(since)
-        self.principal = node.tokens.check(self._token(query))
-        self.wanted = query.get("user_id")
-        if self.wanted is not None and self.wanted != self.principal.id:
-            raise Forbidden("user_id does not match the token")
         self.user_agent = request.headers.get("User-Agent", "")[:200]
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("X-Accel-Buffering", "no")  # nginx: pass each event on at once
@@ -76,6 +74,22 @@ class NotificationStream(APIHandler):
         finally:
             keepalive.cancel()
             node.protocol.end(self, code)
+
+    def _admit(self) -> None:
+        """Check the Origin, the query and the token (per credential first, see ``get``)."""
+        node, request = self.services, self.request
+        if not origins.socket_allowed(
+            request.headers.get("Origin"), request.host, request.protocol,
+            node.settings.origins, cookies=False,
+        ):  # fmt: skip
+            raise Forbidden("this Origin is not allowed")
+        query = self.query(schemas.shared(schemas.SocketQuery))
+        since = query.get("since") or self._last_event_id()
+        self.since = None if since is None else int(since)
+        self.principal = node.tokens.check(self._token(query))
+        self.wanted = query.get("user_id")
+        if self.wanted is not None and self.wanted != self.principal.id:
+            raise Forbidden("user_id does not match the token")
 
     def _token(self, query: dict[str, Any]) -> str:
         header = self.request.headers.get("Authorization", "")

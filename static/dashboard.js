@@ -256,7 +256,8 @@
     const n = points.length;
     const step = w / n;
     const maxConn = Math.max(1, ...points.map((p) => p.connections || 0));
-    const maxRate = Math.max(1, ...points.map((p) => Math.max(p.delivered || 0, p.sent || 0)));
+    const maxRate = Math.max(1, ...points.map((p) => Math.max(
+      p.delivered || 0, p.sent || 0, p.pushed || 0, p.push_failed || 0)));
     const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, width, height });
 
     for (let i = 0; i <= 4; i++) {
@@ -276,11 +277,12 @@
     label(pad.left + w / 2, height - 6, "30 min ago", "middle");
     label(pad.left + w, height - 6, "now", "end");
 
-    // Deliveries and sends per minute: two thin bars a minute, against the right scale.
-    const barW = Math.max(1, step / 2 - 1);
+    // Deliveries, sends, pushes and push failures per minute: thin bars against the right scale.
+    const bars = ["delivered", "sent", "pushed", "push_failed"];
+    const barW = Math.max(1, step / bars.length - 0.5);
     points.forEach((p, i) => {
       const x = pad.left + i * step;
-      for (const [key, dx] of [["delivered", 0], ["sent", barW]]) {
+      for (const [key, dx] of bars.map((k, j) => [k, j * barW])) {
         const v = p[key];
         if (!v) continue;
         const bh = (h * v) / maxRate;

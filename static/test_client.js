@@ -1,5 +1,5 @@
 // The dashboard's test client: mint a short-lived token for a user (server side, audited),
-// open the real notification socket with it, show every frame, send ack / read / ping.
+// open the real notification socket with it, show every frame, send ack / read / acknowledge / ping.
 "use strict";
 
 (function () {
@@ -66,7 +66,9 @@
       ack.addEventListener("click", () => send({ type: "ack", id: n.id }));
       const read = el("button", { type: "button", class: "button small" }, "Read");
       read.addEventListener("click", () => send({ type: "read", id: n.id }));
-      actions.append(ack, " ", read);
+      const acknowledge = el("button", { type: "button", class: "button small" }, "Acknowledge");
+      acknowledge.addEventListener("click", () => send({ type: "acknowledge", id: n.id }));
+      actions.append(ack, " ", read, " ", acknowledge);
       tr.appendChild(actions);
       received.prepend(tr);
       idInput.value = n.id;
@@ -134,7 +136,7 @@
     for (const button of sendButtons) {
       button.addEventListener("click", () => {
         const kind = button.dataset.send;
-        if (kind === "ack" || kind === "read") {
+        if (kind === "ack" || kind === "read" || kind === "acknowledge") {
           const id = idInput.value.trim();
           if (!id) { showError("Enter a notification id, or use the buttons beside a notification."); return; }
           send({ type: kind, id });

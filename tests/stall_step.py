@@ -28,7 +28,7 @@ async def _escalate_then_stall(self: Steps, doc: dict, level: int) -> None:
         return await _escalate(self, doc, level)
     repush = self.repush
 
-    async def stall(_doc: dict) -> None:  # the alerts are stored by now
+    async def stall(_doc: dict, _level: int) -> None:  # the alerts are stored by now
         print(f"STALLED {doc['_id']} {level}", file=sys.stderr, flush=True)
         await asyncio.Event().wait()
 

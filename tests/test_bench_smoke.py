@@ -27,7 +27,14 @@ EXPECTED = {
     "ingest": ["single:", "batched: 1000 stored", "raw insert_many: 1000", "ceiling"],
     "reconnect": ["service: 4/4 caught up", "lost=0 duplicated=0 out_of_order=0 failed={}"],
     "stalled": ["service: rss", "baseline: rss", "normal readers with all"],
+    "cluster": [
+        "connected=4 failed={}",
+        "across nodes at 200/s",
+        "storm: 4/4 moved clients caught up",
+        "lost=0 duplicated=0 out_of_order=0 failed={}",
+    ],
     "webhooks": ["webhooks: 4/4 delivered", "duplicates=0 bad_signatures=0 succeeded=4/4"],
+    "push": ["push: 4/4 pushed", "duplicates=0 errors=0", "counted by the service: sent=4"],
 }
 
 

@@ -88,16 +88,25 @@ async def test_send_from_compose_and_watch_it_arrive(node, browser, staff_accoun
     await client.click("[data-send=ping]")
     await client.locator("[data-frames] li.in", has_text='"pong"').wait_for(timeout=WAIT)
 
-    # The history shows it escaped, and acknowledged once the ack is stored.
+    # The history shows it escaped, and received once the ack is stored.
     await staff.goto(node.url + "/dashboard/history?user=p-1001")
     history = staff.locator("tr[data-notification]")
     assert SCRIPT in await history.first.text_content()
     for _ in range(20):
-        if "acknowledged" in await history.first.text_content():
+        if "received" in await history.first.text_content():
             break
         await staff.reload()
         history = staff.locator("tr[data-notification]")
-    assert "acknowledged" in await history.first.text_content()
+    assert "received" in await history.first.text_content()
+    assert "acknowledged" not in await history.first.text_content()  # a receipt, not a person
+
+    # The person acknowledges (CONTRACT §8): the client hears it back, the history shows who.
+    await client.click("[data-received] tr[data-received-id] >> text=Acknowledge")
+    await client.locator("[data-frames] li.in", has_text='"acknowledged"').wait_for(timeout=WAIT)
+    await staff.reload()
+    assert "acknowledged p-1001" in " ".join(
+        (await staff.locator("tr[data-notification]").first.text_content()).split()
+    )
     assert staff.dialogs == [] and client.dialogs == []
 
     # Closing the test client's page closes its socket: the row goes away live.

@@ -391,7 +391,8 @@ async def test_ladder_to_a_role_then_to_users(node, api):
 
     await wait_until(both_recorded, what="two escalated events")
     if pushed is not None:  # a push service: the original pushed again, once per level
-        assert pushed == [(created["id"], "escalation")] * 2
+        # one reason per level: the push queue keeps one push per (notification, reason)
+        assert pushed == [(created["id"], "escalation:1"), (created["id"], "escalation:2")]
     escalated = [e for e in await timeline(api, created["id"]) if e["event"] == "escalated"]
     assert [(e["level"], e["to"]) for e in escalated] == [
         (1, {"role": "nurse"}),
@@ -741,3 +742,19 @@ async def test_webhooks_hear_acknowledged_escalated_and_expired_unacknowledged(s
     finally:
         await running.stop()
         await receiver.stop()
+
+
+async def test_the_sse_stream_hears_acknowledged_and_acknowledges_over_rest(node, api):
+    from tests.test_sse import Stream
+
+    token = await api.token("sse-1")
+    stream = await Stream.open(node.url, token)
+    try:
+        await stream.expect("welcome")
+        made = await critical(api, "sse-1")
+        await stream.expect("notification")
+        await api.post(f"/v1/users/sse-1/notifications/{made['id']}/acknowledge", key=token)
+        event = await stream.expect("acknowledged")
+        assert event["frame"] == {"type": "acknowledged", "id": made["id"]} and "id" not in event
+    finally:
+        await stream.close()

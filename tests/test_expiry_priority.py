@@ -116,7 +116,7 @@ async def test_a_scheduled_notification_that_expired_unsent_is_dropped(node, api
 
 
 async def _no_entries(scheduler) -> bool:
-    return not await scheduler.store.collection.find({}).to_list()
+    return not await scheduler.store.collection.find({"kind": "send"}).to_list()
 
 
 async def test_retention_ttl_follows_the_setting(settings, mongo_uri):

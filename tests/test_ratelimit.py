@@ -68,25 +68,56 @@ def test_frame_gate_refuses_then_closes_when_it_persists():
     assert verdicts[13:] == ["close"] * 7
 
 
-def test_dashboard_login_limits_per_account_and_per_address(settings):
+def test_login_delays_per_account_and_address_and_a_failure_limit_per_address(settings):
+    now = [100.0]
     limits = RateLimits(
         settings.with_(
-            rate_login_account=0.001,
-            rate_login_account_burst=3,
+            login_free_failures=2,
+            login_delay_seconds=1.0,
+            login_delay_max_seconds=8.0,
             rate_login_ip=0.001,
-            rate_login_ip_burst=5,
+            rate_login_ip_burst=7,
         )
     )
-    for _ in range(3):
-        limits.check_login("Alice", "10.0.0.1")
+    guard = limits.login
+    guard.clock = lambda: now[0]
+    assert guard.failed("Alice", "10.0.0.1") == []
+    assert guard.failed(" alice ", "10.0.0.1") == []  # the same account, however spelled
+    lockout = guard.failed("alice", "10.0.0.1")
+    assert lockout == [{"scope": "account_address", "failures": 3, "seconds": 1.0}]
+    with pytest.raises(RateLimited) as info:
+        guard.check("alice", "10.0.0.1")
+    assert info.value.retry_after == pytest.approx(1.0)
+    guard.check("alice", "10.0.0.2")  # the owner, elsewhere, is not locked out
+    guard.check("bob", "10.0.0.1")  # nor another account from here
+    now[0] += 1.0
+    guard.check("alice", "10.0.0.1")
+    assert guard.failed("alice", "10.0.0.1")[0]["seconds"] == 2.0  # doubling...
+    now[0] += 2.0
+    assert guard.failed("alice", "10.0.0.1")[0]["seconds"] == 4.0
+    now[0] += 4.0
+    assert guard.failed("alice", "10.0.0.1")[0]["seconds"] == 8.0  # ...up to the cap
+    guard.succeeded("alice", "10.0.0.1")  # the right password: the pair starts afresh
+    guard.check("alice", "10.0.0.1")
+    # A 7th failure from 10.0.0.1, on any account, uses up the address's burst.
+    assert guard.failed("carol", "10.0.0.1") == [{"scope": "address", "seconds": 1000.0}]
     with pytest.raises(RateLimited):
-        limits.check_login(" alice ", "10.0.0.2")  # the same account, however it is spelled
-    limits.login_succeeded("alice")  # a good password forgives the account...
-    limits.check_login("alice", "10.0.0.3")
-    limits.check_login("bob", "10.0.0.1")
-    limits.check_login("carol", "10.0.0.1")
-    with pytest.raises(RateLimited):  # ...but not the address, which tried 5 times
-        limits.check_login("dave", "10.0.0.1")
+        guard.check("dave", "10.0.0.1")
+    guard.check("dave", "10.0.0.3")
+
+
+def test_a_pair_quiet_for_the_longest_delay_starts_afresh(settings):
+    now = [0.0]
+    limits = RateLimits(
+        settings.with_(login_free_failures=1, login_delay_max_seconds=60.0, rate_login_ip=0)
+    )
+    guard = limits.login
+    guard.clock = lambda: now[0]
+    guard.failed("a", "ip")
+    assert guard.failed("a", "ip")  # the second failure waits
+    now[0] += 61.0
+    guard.check("a", "ip")
+    assert guard.failed("a", "ip") == []  # counted from one again
 
 
 def test_frames_unlimited_when_turned_off(settings):
@@ -170,21 +201,25 @@ async def test_socket_frames_past_the_limit_get_error_frames_then_1008(settings,
 
 
 @pytest.mark.asyncio
-async def test_connection_attempts_per_address_refused_with_429(settings, mongo_uri):
+async def test_connects_without_a_valid_token_are_limited_per_address(settings, mongo_uri):
     running = await serve(settings, mongo_uri, rate_connect_ip=0.01, rate_connect_ip_burst=2)
     try:
         key, _ = await running.node.api_keys.create("a", ALL_SCOPES)
         token = await Api(running.url, key).token("p-1")
-        url = running.url.replace("http", "ws") + "/v1/ws/notifications?token=" + token
-        first = Socket(await websocket_connect(url))
+        base = running.url.replace("http", "ws") + "/v1/ws/notifications"
+        first = Socket(await websocket_connect(f"{base}?token={token}"))  # not counted
         await first.expect("welcome")
-        with pytest.raises(HTTPClientError) as info:  # a refused upgrade counts as well
-            await websocket_connect(
-                running.url.replace("http", "ws") + "/v1/ws/notifications?token=bad"
-            )
+        with pytest.raises(HTTPClientError) as info:  # a refused upgrade counts
+            await websocket_connect(f"{base}?token=bad")
+        assert info.value.code == 401
+        waiting = Socket(await websocket_connect(base))  # lent one until its auth frame
+        waiting.send({"type": "auth", "token": token})
+        await waiting.expect("welcome")  # ...and given back
+        with pytest.raises(HTTPClientError) as info:
+            await websocket_connect(f"{base}?token=bad")
         assert info.value.code == 401
         with pytest.raises(HTTPClientError) as info:
-            await websocket_connect(url)
+            await websocket_connect(f"{base}?token=bad")
         assert info.value.code == 429
         plain = await AsyncHTTPClient().fetch(
             running.url + "/v1/ws/notifications", raise_error=False
@@ -195,6 +230,9 @@ async def test_connection_attempts_per_address_refused_with_429(settings, mongo_
             "success": False,
             "error": {"code": "rate_limited", "message": body["error"]["message"]},
         }
+        # A valid token still connects from this address: per credential first.
+        again = Socket(await websocket_connect(f"{base}?token={token}"))
+        await again.expect("welcome")
         first.send({"type": "ping"})  # the open socket is untouched
         await first.expect("pong")
     finally:

@@ -337,9 +337,10 @@ async def test_a_hanging_endpoint_never_delays_another(settings, mongo_uri, rece
             await read_one(api, f"p-{i}")
         live, dead = receiver.routes["live"], receiver.routes["dead"]
         await until(lambda: len(live.ok_ids()) == 6)
-        # Everything reached the live endpoint while the dead one still holds its requests,
-        # and never more than its share of them at once.
-        assert dead.in_flight == 2 and dead.most_in_flight == 2
+        await until(lambda: dead.in_flight == 2)
+        # Everything reached the live endpoint while the dead one holds its requests (none
+        # answered, none timed out: that takes 30 s), never more than its share at once.
+        assert dead.most_in_flight == 2 and len(dead.requests) == 2
         assert all(r.answered is None for r in dead.requests)
         ping = await api.client.fetch(node.url + "/healthz")  # the loop is free
         assert ping.code == 200
@@ -502,3 +503,35 @@ async def test_escalation_acknowledgement_and_expiry_reach_webhooks(wnode, wapi,
     assert ("notification.expired_unacknowledged", expiring["id"]) in got
     assert all(r.verified for r in route.requests)
     assert "K+" not in repr([r.body for r in route.requests])
+
+
+@pytest.mark.parametrize("bad", ["5,x", "-1", "5,,nan", "1e9", ",".join(["1"] * 21)])
+async def test_a_malformed_retry_list_stops_start_up_with_a_sentence(settings, bad):
+    with pytest.raises(SystemExit, match="NOTIFY_WEBHOOK_RETRY_SECONDS"):
+        _ = settings.with_(webhook_retry_seconds=bad).webhook_retries
+    assert settings.with_(webhook_retry_seconds="").webhook_retries == ()
+    assert settings.webhook_retries == (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
+
+
+async def test_a_real_failed_push_reaches_webhooks(wnode, wapi, receiver):
+    """The push service (tests/pushservice.py) answers 410: push_failed, then the webhook."""
+    from tests.pushservice import PushServer
+
+    push_server = await PushServer().start()
+    try:
+        await register(wapi, receiver, "push", ["notification.push_failed"])
+        sub = push_server.add("phone")
+        push_server.answer("phone", 410)
+        await wapi.post("/v1/users/p-7/push-subscriptions", sub.subscription(), expect=201)
+        nid = (await wapi.notify("p-7", "Call the ward", priority="critical"))["id"]
+        route = receiver.routes["push"]
+        await until(lambda: route.ok_ids(), timeout=20)
+        got = route.requests[0]
+        assert got.verified and got.body["type"] == "notification.push_failed"
+        data = got.body["data"]
+        assert data["notification_id"] == nid and data["priority"] == "critical"
+        assert data.get("status") == 410 and "Call the ward" not in repr(got.body)
+        timeline = (await wapi.get(f"/v1/notifications/{nid}"))["timeline"]
+        assert any(e["event"] == "push_failed" for e in timeline)
+    finally:
+        await push_server.stop()

@@ -159,9 +159,28 @@ export declare class NotifyClient {
   markRead(id: string): Promise<void>;
   markAllRead(): Promise<void>;
   acknowledge(id: string, note?: string): Promise<void>;
+  /** Web Push on this device: permission, subscribe with the VAPID key, register; idempotent. */
+  enablePush(options?: PushOptions & { device?: string }): Promise<PushSubscriptionInfo>;
+  /** Stop Web Push on this device; false when it was not subscribed. */
+  disablePush(options?: PushOptions): Promise<boolean>;
   loadFeed(query?: FeedQuery): Promise<{ items: Notification[]; next: string | null }>;
 }
 
 export declare function compareCursors(a: string, b: string): number;
 
 export default NotifyClient;
+
+export interface PushOptions {
+  /** The service worker's URL on the portal's origin (default: the service's /static/notify-sw.js). */
+  serviceWorker?: string;
+  /** The worker's scope (default: its folder). */
+  scope?: string;
+}
+
+/** A registered push subscription as the service shows it (never its keys). */
+export interface PushSubscriptionInfo {
+  id: string;
+  endpoint: string;
+  device: string | null;
+  created_at: string;
+}

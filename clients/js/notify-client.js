@@ -393,6 +393,97 @@
         return this._userRequest("GET", path);
       }
 
+      /**
+       * Web Push on this device (CONTRACT section 6): asks permission, registers the service
+       * worker, subscribes with the service's VAPID key and registers the subscription for
+       * the user. Idempotent: again on the same device updates the one subscription.
+       * @param {{serviceWorker?: string, scope?: string, device?: string}} [options]
+       *   serviceWorker: the worker's URL on the portal's origin (default
+       *   "/static/notify-sw.js", the service's own copy); device: a label for the user.
+       * @returns {Promise<{id: string, endpoint: string, device: string|null, created_at: string}>}
+       */
+      async enablePush(options) {
+        var o = options || {};
+        var registration = await this._pushRegistration(o, true);
+        var permission = await Notification.requestPermission();
+        if (permission !== "granted") {
+          throw problem("push_denied", "the user did not allow notifications");
+        }
+        var key = await this._vapidKey();
+        var subscription = await registration.pushManager.getSubscription();
+        if (subscription && !sameKey(subscription.options.applicationServerKey, key)) {
+          await subscription.unsubscribe(); // made with another deployment's key
+          subscription = null;
+        }
+        if (!subscription) {
+          try {
+            subscription = await registration.pushManager.subscribe({
+              userVisibleOnly: true,
+              applicationServerKey: key,
+            });
+          } catch (err) {
+            throw problem("push_unavailable", "the browser could not subscribe: " + err.message);
+          }
+        }
+        var body = subscription.toJSON();
+        if (o.device) {
+          body.device = String(o.device);
+        }
+        return this._userRequest("POST", "/push-subscriptions", body);
+      }
+
+      /**
+       * Stop Web Push on this device: unregisters the subscription from the service and
+       * unsubscribes the browser. Resolves false when the device was not subscribed.
+       * @param {{serviceWorker?: string, scope?: string}} [options]
+       * @returns {Promise<boolean>}
+       */
+      async disablePush(options) {
+        var registration = await this._pushRegistration(options || {}, false);
+        var subscription = registration && (await registration.pushManager.getSubscription());
+        if (!subscription) {
+          return false;
+        }
+        var listed = await this._userRequest("GET", "/push-subscriptions");
+        var mine = (listed.items || []).filter(function (s) {
+          return s.endpoint === subscription.endpoint;
+        });
+        for (var i = 0; i < mine.length; i++) {
+          await this._userRequest(
+            "DELETE",
+            "/push-subscriptions/" + encodeURIComponent(mine[i].id),
+          );
+        }
+        await subscription.unsubscribe();
+        return true;
+      }
+
+      async _pushRegistration(o, create) {
+        if (
+          typeof navigator === "undefined" ||
+          !navigator.serviceWorker ||
+          typeof PushManager === "undefined" ||
+          typeof Notification === "undefined"
+        ) {
+          throw problem("push_unsupported", "this browser has no Web Push");
+        }
+        var url = o.serviceWorker || this._base + "/static/notify-sw.js";
+        var scope = o.scope || undefined;
+        if (!create) {
+          return navigator.serviceWorker.getRegistration(scope || url);
+        }
+        return navigator.serviceWorker.register(url, scope ? { scope: scope } : undefined);
+      }
+
+      async _vapidKey() {
+        var response = await fetch(this._base + "/v1/push/vapid-public-key");
+        var answer = response.ok ? await readJson(response) : null;
+        if (!answer || !answer.success) {
+          throw problem("push_unavailable", "the service did not give its VAPID key");
+        }
+        return base64UrlBytes(answer.data.public_key);
+      }
+
       // ---- connecting --------------------------------------------------------------------
 
       /** Open a link (unless one is open or opening); `silent`: no "connecting" status. */
@@ -1291,6 +1382,32 @@
           }
         });
       }
+    }
+
+    /** The bytes of an unpadded base64url string (a VAPID key). */
+    function base64UrlBytes(text) {
+      var b64 = text.replace(/-/g, "+").replace(/_/g, "/");
+      b64 += "===".slice((b64.length + 3) % 4);
+      var raw = atob(b64);
+      var out = new Uint8Array(raw.length);
+      for (var i = 0; i < raw.length; i++) {
+        out[i] = raw.charCodeAt(i);
+      }
+      return out;
+    }
+
+    /** Whether a subscription's applicationServerKey is this key. */
+    function sameKey(buffer, key) {
+      if (!buffer) {
+        return false;
+      }
+      var have = new Uint8Array(buffer);
+      return (
+        have.length === key.length &&
+        have.every(function (b, i) {
+          return b === key[i];
+        })
+      );
     }
 
     async function readJson(response) {

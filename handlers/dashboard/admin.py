@@ -44,9 +44,16 @@ class ApiKeysHandler(ListPage):
             form = self.form(schemas.ApiKeyIn(), lists=("scopes",))
         except ValidationFailed as exc:
             return await self._page(400, errors=exc.fields, values=self.raw_form())
-        key, record = await self.services.api_keys.create(form["name"], form["scopes"])
+        key, record = await self.services.api_keys.create(
+            form["name"], form["scopes"], rate=form.get("rate")
+        )
         await self.services.audit.record(
-            self.actor, "api_key.create", record["_id"], name=form["name"], scopes=record["scopes"]
+            self.actor,
+            "api_key.create",
+            record["_id"],
+            name=form["name"],
+            scopes=record["scopes"],
+            rate=form.get("rate"),
         )
         await self._page(201, created={"key": key, **api_key(record)})
 

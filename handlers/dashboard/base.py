@@ -225,7 +225,7 @@ class PageHandler(BaseHandler):
                 self.set_header("Retry-After", retry_after(exc.retry_after))
         elif isinstance(exc, PyMongoError):
             status_code, message = 503, "The database is unavailable. Try again in a moment."
-            self.set_header("Retry-After", str(RETRY_AFTER_UNAVAILABLE))
+            self.set_header("Retry-After", retry_after(RETRY_AFTER_UNAVAILABLE))
         elif isinstance(exc, web.HTTPError) and exc.log_message and status_code < 500:
             message = exc.log_message % exc.args if exc.args else exc.log_message
         self.clear_header("Content-Type")

@@ -26,6 +26,7 @@ log = logging.getLogger("notify.audit")
 
 QUEUE_MAX = 20000
 BATCH = 500
+COALESCE = 0.05  # seconds the writer waits for more entries before a write
 
 
 def actor_of(principal: Any) -> str:
@@ -90,20 +91,25 @@ class Audit:
     async def stop(self) -> None:
         """Write what is queued (briefly), then stop the writer."""
         await self.flush(2.0)
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        # The driver can swallow a cancellation that lands mid-write, and the writer would
+        # then wait for entries for good: cancel again until it has ended.
+        task, self._task = self._task, None
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=0.5)
 
     async def _run(self) -> None:
         delay = 0.1
         while True:
             await self._wake.wait()
+            await asyncio.sleep(COALESCE)  # a wave of sockets opening: one write, not dozens
             self._wake.clear()
             while self._queue:
                 batch, self._queue = self._queue[:BATCH], self._queue[BATCH:]
                 if await self._write(batch):
                     delay = 0.1
+                    if len(self._queue) < BATCH:  # not a full batch yet: let more gather
+                        await asyncio.sleep(COALESCE)
                     continue
                 room = max(QUEUE_MAX - len(self._queue), 0)
                 kept = batch[len(batch) - room :] if room < len(batch) else batch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from math import ceil
 from typing import Any
 
 
@@ -75,5 +76,5 @@ def envelope(code: str, message: str, fields: dict[str, Any] | None = None) -> d
 
 
 def retry_after(seconds: float) -> str:
-    """A ``Retry-After`` value: whole seconds, at least one."""
-    return str(max(1, round(seconds)))
+    """A ``Retry-After`` value: whole seconds, rounded up (never sooner than allowed), >= 1."""
+    return str(max(1, ceil(seconds)))

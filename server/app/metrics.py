@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -104,6 +105,44 @@ class Metrics:
         self.cluster_nodes = Gauge(
             "notify_cluster_nodes", "live nodes seen at this node's last heartbeat", registry=r
         )
+        self.push_attempts = Counter(
+            "notify_push_attempts",
+            "requests to push services, by outcome (sent, gone, retry, failed, refused)",
+            ["outcome"],
+            registry=r,
+        )
+        self.push_deferred = Counter(
+            "notify_push_deferred", "pushes held back until a user's quiet hours end", registry=r
+        )
+        self.replay_memory = Counter(
+            "notify_replay_sources",
+            "reconnect replays answered from the recent window (memory) or from MongoDB",
+            ["source"],
+            registry=r,
+        )
+        self.unread_memory = Counter(
+            "notify_unread_sources",
+            "welcome unread counts answered from memory or read from MongoDB",
+            ["source"],
+            registry=r,
+        )
+        self.replay_window_bytes = Gauge(
+            "notify_replay_window_bytes", "memory held by the recent feed window", registry=r
+        )
+        self.replay_window_entries = Gauge(
+            "notify_replay_window_entries", "notifications held by the recent window", registry=r
+        )
 
 
 METRICS = Metrics()
+_CHILDREN: dict[tuple[int, str], Any] = {}
+
+
+def child(metric: Counter, value: str) -> Any:
+    """``metric.labels(value)``, looked up once per value: ``labels`` takes a lock and
+    builds a key on every call, and this runs for every notification stored and sent."""
+    key = (id(metric), value)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = metric.labels(value)
+    return found

@@ -20,6 +20,7 @@ from server.app.idempotency import Idempotency
 from server.app.secret_files import local_secret
 from server.app.store import Store, connect
 from server.app.timeutil import utcnow
+from server.app.user_records import UserRecords
 from server.auth.credentials import ApiKeys, Tokens
 from server.auth.ratelimit import RateLimits
 from server.dashboard.service import Dashboard
@@ -32,6 +33,7 @@ from server.feed.notifications import Notifications
 from server.feed.scheduler import ScheduledStore, Scheduler
 from server.feed.sequencer import Sequencer
 from server.feed.timeline import Timeline
+from server.push.service import PushService
 from server.webhooks.service import Webhooks
 from settings import Settings
 
@@ -70,11 +72,13 @@ class Node:
     dashboard: Dashboard | None = None
     limits: RateLimits | None = None
     protocol: ConnectionProtocol | None = None
+    push: PushService | None = None
     escalation: Escalation | None = None
     webhooks: Webhooks | None = None
     idempotency: Idempotency | None = None
     # The key of user-id pseudonyms in log lines; None writes user ids as they are.
     log_key: bytes | None = None
+    users: UserRecords | None = None
 
     @classmethod
     def build(cls, settings: Settings, uri: str, watch: bool = True) -> Node:
@@ -89,8 +93,16 @@ class Node:
             settings.max_connections,
             settings.max_connections_per_user,
             settings.replay_limit,
+            settings.replay_window_bytes,
         )
-        bus = Bus(store, hub, node_id, watch=watch, poll=settings.bus_poll_seconds)
+        bus = Bus(
+            store,
+            hub,
+            node_id,
+            watch=watch,
+            poll=settings.bus_poll_seconds,
+            own_notifications=not settings.direct_delivery,
+        )
         # Direct delivery hands this node's own writes to its hub at once; without it they
         # reach the hub like other nodes' writes, through the change stream (README scaling).
         sequencer = Sequencer(
@@ -98,6 +110,7 @@ class Node:
             hub.deliver if settings.direct_delivery else _stream_only,
             write_timeout=settings.storage_timeout,
             withheld=hub.withheld,
+            node_id=node_id,
         )
         notifications = Notifications(
             store,
@@ -127,8 +140,13 @@ class Node:
         )
         notifications.critical_ack = timedelta(seconds=settings.critical_ack_seconds)
         limits = RateLimits(settings)
+        PushService.subject(settings)  # a missing subject stops the start, not the first push
+        push = PushService(settings, store.db, notifications, scheduler)
+        notifications.planners.append(push.plan)
         escalation = Escalation(store, notifications, scheduler, bus, hub)
         escalation.wire()
+        users = UserRecords(store)
+        notifications.users = users
         protocol = ConnectionProtocol(
             hub,
             notifications,
@@ -137,6 +155,7 @@ class Node:
             audit,
             limits,
             settings.storage_timeout,
+            users,
             acknowledgements=escalation.acks,
         )
         webhooks = Webhooks(store.db, store, notifications.timeline, scheduler, settings)
@@ -156,6 +175,8 @@ class Node:
             cluster=cluster,
             limits=limits,
             protocol=protocol,
+            push=push,
+            users=users,
             escalation=escalation,
             webhooks=webhooks,
             idempotency=Idempotency(store.db, settings.idempotency_in_flight_seconds),
@@ -169,10 +190,15 @@ class Node:
         """Create indexes, find the feed's highest seq, start the writer and the bus."""
         await self._create_indexes()
         self.audit.start()
+        self.users.start()
         self.hub.seq = await self.store.high_seq()
+        self.hub.recent.reset(self.hub.seq)  # complete from here: it sees all that follows
+        self.hub.recent.watch_gauges()
         self.sequencer.start()
         if self.scheduler is not None:
             await self.scheduler.store.create_indexes()
+            if self.push is not None:
+                await self.push.start()  # registers its kinds before the queue runs
             self.scheduler.start()
         self.webhooks.start()
         self.bus.start()
@@ -187,6 +213,7 @@ class Node:
             self.stats,
             self.presence,
             self.escalation.acks,
+            push_devices=self.push.subscriptions.counts if self.push is not None else None,
         )
         await self.dashboard.start()
 
@@ -233,8 +260,11 @@ class Node:
         if self.scheduler is not None:
             await self.scheduler.stop()
         await self.webhooks.stop()  # after the queue: it claims no attempt from now on
+        if self.push is not None:
+            self.push.stop()
         await self.sequencer.stop()
         await self.audit.stop()
+        await self.users.stop()
         await self.client.close()
 
 

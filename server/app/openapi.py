@@ -17,7 +17,7 @@ from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from marshmallow import Schema
+from marshmallow import Schema, fields, validate
 
 from server.app import schemas
 
@@ -29,6 +29,15 @@ SECURITY = [{"bearer": []}]
 UserPath = Schema.from_dict({"user_id": schemas.Id(required=True)}, name="UserPath")
 NotificationPath = Schema.from_dict(
     {"notification_id": schemas.Id(required=True)}, name="NotificationPath"
+)
+SubscriptionPath = Schema.from_dict(
+    {
+        "user_id": schemas.Id(required=True),
+        "subscription_id": fields.String(
+            required=True, validate=validate.Regexp(r"^[0-9a-f]{1,64}$")
+        ),
+    },
+    name="SubscriptionPath",
 )
 WebhookPath = Schema.from_dict({"webhook_id": schemas.Id(required=True)}, name="WebhookPath")
 DeliveryPath = Schema.from_dict(
@@ -205,6 +214,38 @@ ROUTES = (
         schemas.NotificationOut, 201, scope="notify", body=schemas.TestNotificationIn,
     ),
     Route(
+        "get", "/v1/push/vapid-public-key",
+        "The VAPID public key browsers subscribe with (pushManager.subscribe)",
+        schemas.VapidKeyOut, tag="push",
+    ),
+    Route(
+        "post", "/v1/users/{user_id}/push-subscriptions",
+        "Subscribe a device to Web Push: 201 when new, 200 when the endpoint is known",
+        schemas.SubscriptionOut, 201, scope="notify", own_user=True,
+        body=schemas.SubscriptionIn, params=UserPath, extra=(200, 409), tag="push",
+    ),
+    Route(
+        "get", "/v1/users/{user_id}/push-subscriptions",
+        "A user's subscribed devices (keys are never shown)",
+        schemas.SubscriptionListOut, scope="read", own_user=True, params=UserPath, tag="push",
+    ),
+    Route(
+        "delete", "/v1/users/{user_id}/push-subscriptions/{subscription_id}",
+        "Unsubscribe a device", {"type": "object"}, scope="notify", own_user=True,
+        params=SubscriptionPath, tag="push",
+    ),
+    Route(
+        "get", "/v1/users/{user_id}/preferences",
+        "A user's push preferences and quiet hours (read or notify scope)",
+        schemas.PreferencesOut, scope="read", own_user=True, params=UserPath, tag="push",
+    ),
+    Route(
+        "put", "/v1/users/{user_id}/preferences",
+        "Replace a user's push preferences and quiet hours (read or notify scope)",
+        schemas.PreferencesOut, scope="read", own_user=True, body=schemas.PreferencesIn,
+        params=UserPath, tag="push",
+    ),
+    Route(
         "get", "/v1/openapi.json", "This document (not wrapped in the envelope)", None,
         tag="service",
     ),
@@ -267,7 +308,11 @@ def _operation(spec: APISpec, route: Route) -> dict:
         "tags": [route.tag],
         "responses": {str(route.status): _success(spec, route)},
     }
-    operation["responses"].update({str(code): ERRORS[code][0] for code in route.errors()})
+    for code in route.errors():
+        if code < 300:  # another success, e.g. 200 for a subscription that was known
+            operation["responses"][str(code)] = {**_success(spec, route), "description": "OK"}
+        else:
+            operation["responses"][str(code)] = ERRORS[code][0]
     if route.scope:
         who = f"an API key with the `{route.scope}` scope (or `admin`)"
         if route.own_user:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import itertools
 import json
@@ -9,7 +10,9 @@ import math
 import re
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from marshmallow import (
     INCLUDE,
     RAISE,
@@ -349,6 +352,8 @@ class ApiKeyIn(Strict):
     scopes = fields.List(
         fields.String(validate=validate.OneOf(SCOPES)), required=True, validate=validate.Length(1)
     )
+    # Its own REST requests per second (empty: the node's default; 0: no limit).
+    rate = fields.Float(allow_nan=False, validate=validate.Range(0, 100_000))
 
 
 class WebhookIn(Strict):
@@ -487,6 +492,103 @@ def load_frame(raw: str | bytes) -> dict:
     return loaded
 
 
+# ---- Web Push and preferences (CONTRACT §6, §7) -------------------------------------------
+
+HHMM_PATTERN = r"^(?:[01][0-9]|2[0-3]):[0-5][0-9]$"
+TIMEZONE_PATTERN = r"^[A-Za-z][A-Za-z0-9_+\-]*(?:/[A-Za-z0-9_+\-]+){0,3}$"
+
+
+def _b64url_bytes(value: str) -> bytes:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_\-]+={0,2}", value):
+        raise ValidationError("not base64url")
+    text = value.rstrip("=")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except ValueError:
+        raise ValidationError("not base64url") from None
+
+
+def _p256_point(value: str) -> None:
+    raw = _b64url_bytes(value)
+    if len(raw) != 65 or raw[0] != 4:
+        raise ValidationError("not an uncompressed P-256 point (65 bytes, base64url)")
+    try:
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), raw)
+    except ValueError:
+        raise ValidationError("not a point on P-256") from None
+
+
+def _auth_secret(value: str) -> None:
+    if len(_b64url_bytes(value)) != 16:
+        raise ValidationError("not a 16-byte secret (base64url)")
+
+
+class SubscriptionKeys(Strict):
+    p256dh = fields.String(required=True, validate=[validate.Length(1, 200), _p256_point])
+    auth = fields.String(required=True, validate=[validate.Length(1, 100), _auth_secret])
+
+
+class SubscriptionIn(Strict):
+    """``POST /v1/users/{id}/push-subscriptions``: the browser's PushSubscription.toJSON()."""
+
+    endpoint = fields.String(required=True, validate=validate.Length(1, 2048))
+    expirationTime = fields.Integer(  # the browser's name
+        allow_none=True, load_default=None, validate=validate.Range(0, 2**53)
+    )
+    keys = fields.Nested(SubscriptionKeys, required=True)
+    device = fields.String(allow_none=True, load_default=None, validate=validate.Length(1, 100))
+
+
+def _timezone(value: str) -> None:
+    try:
+        ZoneInfo(value)
+    except (ValueError, OSError, ZoneInfoNotFoundError):
+        raise ValidationError("not a known IANA time zone") from None
+
+
+class QuietHoursIn(Strict):
+    start = fields.String(
+        required=True, validate=validate.Regexp(HHMM_PATTERN, error="not a time HH:MM")
+    )
+    end = fields.String(
+        required=True, validate=validate.Regexp(HHMM_PATTERN, error="not a time HH:MM")
+    )
+    timezone = fields.String(
+        required=True,
+        validate=[
+            validate.Length(1, 64),
+            validate.Regexp(TIMEZONE_PATTERN, error="not a known IANA time zone"),
+            _timezone,
+        ],
+    )
+
+    @validates_schema(skip_on_field_errors=True)
+    def _span(self, item: dict, **_: Any) -> None:
+        if item["start"] == item["end"]:
+            raise ValidationError({"end": ["must differ from start"]})
+
+
+def StrictBool(**kw: Any) -> fields.Boolean:
+    """true or false, not "yes", 1 or "on" (JSON has booleans)."""
+    return fields.Boolean(truthy={True}, falsy={False}, **kw)
+
+
+class TypePreferenceIn(Strict):
+    push = StrictBool(required=True)
+
+
+class PreferencesIn(Strict):
+    """``PUT /v1/users/{id}/preferences``: replaces the user's preferences."""
+
+    push = StrictBool(load_default=True)
+    types = fields.Dict(
+        keys=fields.String(validate=validate.OneOf(TYPES)),
+        values=fields.Nested(TypePreferenceIn),
+        load_default=dict,
+    )
+    quiet_hours = fields.Nested(QuietHoursIn, allow_none=True, load_default=None)
+
+
 # ---- Answers: the shapes the service sends, described for the OpenAPI document ------------
 
 
@@ -620,6 +722,41 @@ class ErrorEnvelope(Schema):
 
     success = fields.Boolean(required=True, validate=validate.Equal(False))
     error = fields.Nested(ErrorOut, required=True)
+
+
+class SubscriptionOut(Out):
+    """A push subscription as the API shows it (its keys never)."""
+
+    id = fields.String(required=True)
+    endpoint = fields.String(required=True)
+    device = fields.String(required=True, allow_none=True)
+    created_at = fields.DateTime(required=True)
+
+
+class SubscriptionListOut(Out):
+    """A user's push subscriptions."""
+
+    items = fields.List(fields.Nested(SubscriptionOut), required=True)
+
+
+class VapidKeyOut(Out):
+    """The service's VAPID public key, for ``pushManager.subscribe``."""
+
+    public_key = fields.String(required=True)
+
+
+class QuietHoursOut(Out):
+    start = fields.String(required=True)
+    end = fields.String(required=True)
+    timezone = fields.String(required=True)
+
+
+class PreferencesOut(Out):
+    """A user's push preferences."""
+
+    push = fields.Boolean(required=True)
+    types = fields.Dict(keys=fields.String(), required=True)
+    quiet_hours = fields.Nested(QuietHoursOut, required=True, allow_none=True)
 
 
 class WebhookOut(Out):

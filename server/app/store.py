@@ -17,7 +17,6 @@ that a query compares after an update is kept as epoch milliseconds (``*_ms`` fi
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,14 +25,12 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from server.app.errors import StorageUnavailable
+from server.app.timeutil import as_datetime
 
 log = logging.getLogger("notify.store")
 
 # Stored in place of "never expires" so that visibility is a single range test.
 FOREVER = datetime(9999, 12, 31, tzinfo=UTC)
-# ``remember_user`` writes a user's roles again after this long (seconds), or on a change.
-REMEMBER_EVERY = 300.0
-REMEMBERED_MAX = 100_000
 # ``visible_until`` of a hidden document (a failed batch's leftovers).
 HIDDEN = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -63,8 +60,6 @@ class Store:
         self.api_keys = self.db.api_keys
         self.events = self.db.events
         self.meta = self.db.meta
-        # user id -> (roles, monotonic time) of this process's last ``remember_user`` write
-        self._remembered: dict[str, tuple[tuple[str, ...], float]] = {}
 
     async def create_indexes(self) -> None:
         """Create every index; safe when several nodes start at once (same spec is a no-op)."""
@@ -183,6 +178,13 @@ class Store:
         docs = await self.notifications.find(query, {"_id": 1}).to_list()
         return [d["_id"] for d in docs]
 
+    async def unread_personal(self, user_id: str, now: datetime) -> dict[str, float]:
+        """A user's own unread, visible notifications: id to visible-until (epoch seconds)."""
+        query = {"user_id": {"$eq": user_id}, "read_at": {"$eq": None}}
+        query["visible_until"] = {"$gt": now}
+        docs = await self.notifications.find(query, {"_id": 1, "visible_until": 1}).to_list()
+        return {d["_id"]: as_datetime(d["visible_until"]).timestamp() for d in docs}
+
     async def broadcast_ids(self, audiences: list[str], now: datetime) -> list[str]:
         """Ids of the visible broadcasts to any of these audiences."""
         ids: list[str] = []
@@ -283,24 +285,12 @@ class Store:
     # ---- users -------------------------------------------------------------------------
 
     async def remember_user(self, user_id: str, roles: list[str], now: datetime) -> None:
-        """Record a user's roles as last seen (feeds read with an API key need them).
-
-        The same roles written by this process less than ``REMEMBER_EVERY`` ago are not
-        written again: a reconnect storm would otherwise cost one write per socket, and
-        ``last_seen`` is only that precise.
-        """
-        mark, key = time.monotonic(), tuple(roles)
-        known = self._remembered.get(user_id)
-        if known is not None and known[0] == key and mark - known[1] < REMEMBER_EVERY:
-            return
-        if len(self._remembered) >= REMEMBERED_MAX:
-            self._remembered.clear()
+        """Record a user's roles as last seen (sockets note theirs through ``UserRecords``)."""
         await self.users.update_one(
             {"_id": user_id},
             {"$set": {"roles": roles, "last_seen": now}, "$setOnInsert": {"first_seen": now}},
             upsert=True,
         )
-        self._remembered[user_id] = (key, mark)
 
     async def user_roles(self, user_id: str) -> list[str]:
         """The roles a user last connected with, or none."""
@@ -350,9 +340,15 @@ class Store:
         cursor = self.events.find({"at": {"$gte": since}}, sort=[("at", ASCENDING)], limit=limit)
         return await cursor.to_list()
 
-    def watch(self, collection: str, resume_after: dict | None) -> Any:
-        """A change stream of inserts into one collection (collection-level: see DESIGN)."""
-        pipeline = [{"$match": {"operationType": "insert"}}]
+    def watch(
+        self, collection: str, resume_after: dict | None, skip_origin: str | None = None
+    ) -> Any:
+        """A change stream of inserts into one collection (collection-level: see DESIGN);
+        ``skip_origin``: not the inserts whose ``origin`` is that (a node's own echoes)."""
+        match: dict[str, Any] = {"operationType": "insert"}
+        if skip_origin is not None:
+            match["fullDocument.origin"] = {"$ne": skip_origin}
+        pipeline = [{"$match": match}]
         return self.db[collection].watch(
             pipeline, resume_after=resume_after, max_await_time_ms=1000
         )
@@ -389,3 +385,32 @@ def is_hidden(doc: dict) -> bool:
     if until is None or isinstance(until, datetime):
         return until is not None and until <= HIDDEN
     return str(until).startswith("1970-01-01")
+
+
+def as_stored(doc: dict) -> dict | None:
+    """A change event's full document as a read would return it, or None if unsure.
+
+    MongoDB sends BSON with exact types; the embedded server sends top-level dates as
+    ``{"$date": "<ISO 8601, UTC>"}``, which become aware datetimes here. Any other
+    extended-JSON value (a ``$``-key anywhere) leaves the document to be read back instead.
+    """
+    out = {}
+    for key, value in doc.items():
+        if type(value) is dict and len(value) == 1 and type(value.get("$date")) is str:
+            try:
+                value = datetime.fromisoformat(value["$date"])
+            except ValueError:
+                return None
+            value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        elif _has_operator_key(value):
+            return None
+        out[key] = value
+    return out
+
+
+def _has_operator_key(value: Any) -> bool:
+    if type(value) is dict:
+        return any(k.startswith("$") or _has_operator_key(v) for k, v in value.items())
+    if type(value) is list:
+        return any(_has_operator_key(v) for v in value)
+    return False

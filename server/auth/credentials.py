@@ -8,6 +8,7 @@ import re
 import secrets
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -24,6 +25,9 @@ KEY_PREFIX = "nk_"
 ALGORITHM = "HS256"
 MAX_TOKEN = 8192  # far above any real token (a few hundred bytes); more is not worth parsing
 MAX_ROLES = 20
+MAX_KEY_RATE = 100_000.0
+SEEN_SECONDS = 3600.0  # how long a key found valid counts as its caller's (see ApiKeys)
+SEEN_MAX = 10_000
 ROLE_RE = re.compile(ROLE_PATTERN)
 LATEST_SECONDS = LATEST.timestamp()
 
@@ -39,6 +43,7 @@ class Principal:
     roles: tuple[str, ...] = ()
     name: str = ""
     expires_at: datetime | None = None
+    rate: float | None = None  # an API key's own requests per second (None: the default)
 
     def require_scope(self, scope: str) -> None:
         """Raise Forbidden unless this is an API key with ``scope`` (``admin`` has every one)."""
@@ -149,14 +154,27 @@ class ApiKeys:
     store: Store
     cache_seconds: float = 5.0
     _cache: dict[str, tuple[float, dict | None]] = field(default_factory=dict)
+    # Digests of keys found valid, and when: an address past its failure limit still gets
+    # these looked up (its integrator keeps working), and no key never seen valid.
+    _seen: OrderedDict[str, float] = field(default_factory=OrderedDict)
 
     async def create(
-        self, name: str, scopes: list[str], rotated_from: str | None = None
+        self,
+        name: str,
+        scopes: list[str],
+        rotated_from: str | None = None,
+        rate: float | None = None,
     ) -> tuple[str, dict]:
-        """A new key (returned once, never stored) and its stored record."""
+        """A new key (returned once, never stored) and its stored record.
+
+        ``rate``: this key's own REST requests per second, in place of the node's default
+        (``NOTIFY_RATE_REST_KEY``); 0 exempts it.
+        """
         unknown = set(scopes) - set(SCOPES)
         if unknown:
             raise ValueError(f"unknown scopes: {', '.join(sorted(unknown))}")
+        if rate is not None and not (0 <= rate <= MAX_KEY_RATE):
+            raise ValueError(f"the rate must be between 0 and {MAX_KEY_RATE:g} per second")
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         record = {
             "_id": str(ObjectId()),
@@ -169,6 +187,8 @@ class ApiKeys:
         }
         if rotated_from is not None:
             record["rotated_from"] = rotated_from
+        if rate is not None:
+            record["rate"] = float(rate)
         await self.store.insert_api_key(record)
         record.pop("hash")
         return key, record
@@ -192,9 +212,22 @@ class ApiKeys:
         expires = as_datetime(record.get("expires_at"))
         if expires is not None and expires <= utcnow():
             raise Unauthorized("this API key has expired (it was rotated)")
+        self._seen[digest] = now
+        self._seen.move_to_end(digest)
+        if len(self._seen) > SEEN_MAX:
+            self._seen.popitem(last=False)
         return Principal(
-            "api_key", record["_id"], scopes=frozenset(record["scopes"]), name=record["name"]
+            "api_key",
+            record["_id"],
+            scopes=frozenset(record["scopes"]),
+            name=record["name"],
+            rate=record.get("rate"),
         )
+
+    def known_good(self, key: str) -> bool:
+        """True when this node found the key valid within the last hour (no lookup now)."""
+        seen = self._seen.get(hash_key(key))
+        return seen is not None and time.monotonic() - seen < SEEN_SECONDS
 
     async def listing(self) -> list[dict]:
         """Every key's record (never the key itself: only its hash is stored)."""
@@ -213,7 +246,9 @@ class ApiKeys:
         expires = as_datetime(old.get("expires_at"))
         if old.get("revoked_at") is not None or (expires is not None and expires <= utcnow()):
             raise Conflict("this API key is no longer valid; create a new one")
-        key, record = await self.create(old["name"], old["scopes"], rotated_from=key_id)
+        key, record = await self.create(
+            old["name"], old["scopes"], rotated_from=key_id, rate=old.get("rate")
+        )
         if grace_seconds is not None:
             until = utcnow() + timedelta(seconds=max(grace_seconds, 0))
             await self.store.expire_api_key(key_id, until)

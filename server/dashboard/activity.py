@@ -35,7 +35,7 @@ log = logging.getLogger("notify.activity")
 
 HOUR = 3600.0
 CHART_MINUTES = 60
-SERIES = ("connections", "sent", "delivered")
+SERIES = ("connections", "sent", "delivered", "pushed", "push_failed")
 MAX_ROWS = 200  # connections listed at once; the filter finds the rest
 
 
@@ -48,6 +48,21 @@ class Sample:
     users: int
     seq: int
     delivered: float
+    pushed: float = 0.0  # pushes this process had sent (push services' 2xx)
+    push_failed: float = 0.0  # push attempts that did not succeed (retried ones included)
+
+
+def push_totals() -> tuple[float, float]:
+    """Pushes this process sent, and push attempts that failed (any other outcome)."""
+    sent = failed = 0.0
+    for metric in METRICS.push_attempts.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                if sample.labels.get("outcome") == "sent":
+                    sent += sample.value
+                else:
+                    failed += sample.value
+    return sent, failed
 
 
 def delivered_total() -> float:
@@ -88,7 +103,12 @@ class Activity:
         hub = self.hub
         local = hub.stats()
         return Sample(
-            self.clock(), local["connections"], local["users"], hub.seq, delivered_total()
+            self.clock(),
+            local["connections"],
+            local["users"],
+            hub.seq,
+            delivered_total(),
+            *push_totals(),
         )
 
     def _at(self, when: float, times: list[float]) -> Sample | None:
@@ -105,6 +125,8 @@ class Activity:
             then = self._at(now.at - seconds, times) or now
             out[f"sent_{name}"] = max(0, now.seq - then.seq)
             out[f"delivered_{name}"] = max(0, round(now.delivered - then.delivered))
+            out[f"pushed_{name}"] = max(0, round(now.pushed - then.pushed))
+            out[f"push_failed_{name}"] = max(0, round(now.push_failed - then.push_failed))
         return out
 
     def chart(self, now: Sample) -> list[dict[str, Any]]:
@@ -129,6 +151,8 @@ class Activity:
                     "connections": b.connections,
                     "sent": max(0, b.seq - a.seq),
                     "delivered": max(0, round(b.delivered - a.delivered)),
+                    "pushed": max(0, round(b.pushed - a.pushed)),
+                    "push_failed": max(0, round(b.push_failed - a.push_failed)),
                 }
             )
         return points

@@ -49,8 +49,10 @@ class Dashboard:
         stats: Callable[[], Awaitable[dict]],
         presence: Callable[[list[str]], Awaitable[dict[str, dict]]],
         acknowledgements: Acknowledgements,
+        push_devices: Callable[[list[str]], Awaitable[dict[str, int]]] | None = None,
     ):
         self.acknowledgements = acknowledgements  # staff acknowledge on a user's behalf
+        self.push_devices = push_devices  # devices subscribed to Web Push, per user
         self.hub = hub
         self.notifications = notifications
         self.audit = audit
@@ -132,8 +134,14 @@ class Dashboard:
         docs = docs[:HISTORY_PAGE]
         shared = [d["_id"] for d in docs if d.get("audience") is not None]
         reads = await self.store.read_counts(shared)
+        rows = [_row(d, reads) for d in docs]
+        users = list({r["user_id"] for r in rows if r["user_id"] is not None})
+        if self.push_devices is not None and users:
+            devices = await self.push_devices(users)
+            for row in rows:
+                row["push_devices"] = devices.get(row["user_id"], 0)
         return {
-            "items": [_row(d, reads) for d in docs],
+            "items": rows,
             "next": docs[-1]["_id"] if more and docs else None,
         }
 

@@ -168,19 +168,22 @@ class StaffAccounts:
     async def login(self, username: str, password: str, ip: str, user_agent: str) -> str:
         """Check a password and start a session; returns the session's cookie value.
 
-        Refusals say only "wrong username or password" (no hint which). Every attempt takes
-        a token from the account's and the address's login buckets (server/auth/ratelimit.py);
-        a good password gives the account's back, so only repeated failures slow down.
+        Refusals say only "wrong username or password" (no hint which). Failures slow down
+        that account from that address, and that address on every account
+        (server/auth/login_guard.py); never the account from elsewhere. Each lockout is audited.
         """
         username = normalize(username)
-        self.limits.check_login(username, ip)
+        guard = self.limits.login
+        guard.check(username, ip)
         account = await self.store.account(username) if USERNAME_RE.match(username) else None
         ok = await self._verify(account.get("password_hash") if account else None, password)
         if not ok or account is None or account.get("disabled"):
             reason = "disabled" if ok and account else "bad_password"
             await self.audit.record(f"ip:{ip}", "staff.login_failed", username, reason=reason)
+            for lockout in guard.failed(username, ip):
+                await self.audit.record(f"ip:{ip}", "staff.login_locked", username, **lockout)
             raise Unauthorized("wrong username or password, or the account is disabled")
-        self.limits.login_succeeded(username)
+        guard.succeeded(username, ip)
         if self.hasher.check_needs_rehash(account["password_hash"]):
             digest = await asyncio.to_thread(self.hasher.hash, password)
             await self.store.update_account(username, {"password_hash": digest})

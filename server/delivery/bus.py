@@ -32,7 +32,7 @@ from bson import ObjectId
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from server.app.metrics import METRICS
-from server.app.store import Store
+from server.app.store import Store, as_stored
 from server.app.timeutil import utcnow
 from server.delivery import wire
 from server.delivery.hub import Hub
@@ -62,8 +62,18 @@ class Bus:
     """This node's view of what every node writes."""
 
     def __init__(
-        self, store: Store, hub: Hub, node_id: str, watch: bool = True, poll: float = 0.025
+        self,
+        store: Store,
+        hub: Hub,
+        node_id: str,
+        watch: bool = True,
+        poll: float = 0.025,
+        own_notifications: bool = True,
     ):
+        # ``own_notifications`` False: this node's own inserts reach its hub directly (the
+        # sequencer's direct delivery), so its stream leaves them out. Its own events are
+        # always left out: ``publish_event`` delivers them here first.
+        self.own_notifications = own_notifications
         self.store = store
         self.hub = hub
         self.node_id = node_id
@@ -128,7 +138,10 @@ class Bus:
         delay, first, broke_at, refused = 0.1, True, None, 0
         while not self._stopping:
             try:
-                async with await self.store.watch(collection, self.tokens[collection]) as stream:
+                own = collection == "notifications" and self.own_notifications
+                skip = None if own else self.node_id
+                watch = self.store.watch(collection, self.tokens[collection], skip_origin=skip)
+                async with await watch as stream:
                     self._streams[collection] = stream
                     caught = await self._catch_up(collection, first)
                     if not first:
@@ -153,6 +166,8 @@ class Bus:
                 METRICS.bus_restarts.labels("error").inc()
             finally:
                 self._streams.pop(collection, None)
+                if collection == "events":  # reads elsewhere may go unheard meanwhile
+                    self.hub.recent.forget_unread()
             if self._stopping:
                 return
             if broke_at is None and not first:
@@ -215,6 +230,8 @@ class Bus:
             since = page[-1]["at"]  # $gte: the boundary's events come again, and are skipped
 
     def _log_gap(self, collection: str, broke_at: float | None, caught: int) -> None:
+        if collection == "events":
+            self.hub.recent.forget_unread()
         METRICS.bus_gaps.labels(collection).inc()
         METRICS.bus_gap_items.labels(collection).inc(caught)
         if broke_at is None:
@@ -228,7 +245,13 @@ class Bus:
     async def _on_notification(self, doc: dict) -> None:
         seq = doc.get("seq")
         if isinstance(seq, int):
-            await self.hub.advance(seq)
+            # The next one in order, in a form the store would give back: dispatch it as it
+            # came, without reading it again (one query less per notification per node).
+            stored = as_stored(doc) if seq == self.hub.seq + 1 else None
+            if stored is not None:
+                await self.hub.deliver([stored])
+            else:
+                await self.hub.advance(seq)
         else:  # not a plain number in the event (an unusual encoding): read from MongoDB
             await self.hub.catch_up()
 
@@ -252,6 +275,7 @@ class Bus:
         was published: their welcome already carried a newer unread count (and a feed
         fetched after it, the acknowledgement).
         """
+        self._note_change(event)
         kind = event.get("kind")
         try:
             user_id = str(event["user_id"])
@@ -277,6 +301,15 @@ class Bus:
             if sub.connected_at <= event["at"]:
                 for data in frames:
                     sub.conn.send_frame(data)
+
+    def _note_change(self, event: dict) -> None:
+        """Tell the recent window which notifications changed since they were sent."""
+        try:
+            user_id = str(event["user_id"])
+            ids = [str(i) for i in event["ids"]] if "ids" in event else [str(event["id"])]
+        except (KeyError, TypeError):
+            return
+        self.hub.recent.changed(user_id, ids, read=event.get("kind") == "read")
 
 
 def _cursor_of(stream: object) -> object:

@@ -22,10 +22,11 @@ from server.app.errors import NotFound, OverCapacity, ServiceError, Unauthorized
 from server.app.metrics import METRICS
 from server.app.store import Store
 from server.app.timeutil import utcnow
+from server.app.user_records import UserRecords
 from server.auth.credentials import Principal, Tokens
 from server.auth.ratelimit import FrameGate, OpenGate, RateLimits
 from server.delivery import wire
-from server.delivery.hub import Hub, Subscription, notification_frame
+from server.delivery.hub import Hub, Subscription
 from server.escalation.ack import Acknowledgements
 from server.feed.notifications import Notifications
 
@@ -68,8 +69,10 @@ class ConnectionProtocol:
         audit: Audit,
         limits: RateLimits,
         storage_timeout: float,
+        users: UserRecords,
         acknowledgements: Acknowledgements | None = None,
     ):
+        self.users = users
         self.acknowledgements = acknowledgements
         self.hub = hub
         self.notifications = notifications
@@ -94,9 +97,9 @@ class ConnectionProtocol:
         peer.subscription, peer.user_agent = sub, ""
         self._expire_with_token(peer, principal)
         self.note(peer, "socket.open", principal.id, connection_id=sub.id)
+        self.users.note(principal.id, sub.roles, sub.connected_at)  # written in batches
         try:
             with pymongo.timeout(self.storage_timeout):  # a hung MongoDB: 1013
-                await self.store.remember_user(principal.id, list(sub.roles), sub.connected_at)
                 unread, replay = await self.notifications.on_connect(
                     principal.id, sub.roles, since, self.hub.seq
                 )
@@ -114,12 +117,12 @@ class ConnectionProtocol:
             "recovered": replay.recovered if replay else True,
             "cursor": str(cursor),
         }
-        peer.send_frame(wire.frame(welcome))
+        first = wire.frame(welcome)  # written together with what follows it
         if replay is None:
-            return sub.go_live(())
-        replayed = [(d["seq"], notification_frame(d)) for d in replay.items]
+            return sub.go_live((), first=first)
+        replayed = replay.frames
         done = wire.frame({"type": "replay_done", "cursor": str(replay.cursor)})
-        sub.go_live(replayed, done, after=replay.since)
+        sub.go_live(replayed, done, after=replay.since, first=first)
 
     def _expire_with_token(self, peer: Peer, principal: Principal) -> None:
         """Close with 1008 when the token expires (the contract's rule for sockets)."""
@@ -179,9 +182,17 @@ class ConnectionProtocol:
         if frame["type"] != "auth":
             return peer.close(POLICY, "authenticate first")
         try:
-            peer.principal = self.tokens.check(frame["token"])
+            principal = self.tokens.check(frame["token"])
         except Unauthorized:
             return peer.close(POLICY, "the token is not valid")
+        # The address lent this connect a token at the upgrade: the frame proves it, so it
+        # goes back, and the connect counts against the user instead (per credential first).
+        self.limits.connect_ip.give(peer.ip or "")
+        wait = self.limits.connect_user.take(principal.id)
+        if wait:
+            self.limits.connect_user.refusal(wait)  # counted in the metrics
+            return peer.close(TRY_LATER, "too many connects for this user; retry later")
+        peer.principal = principal
         if peer.timer is not None:
             peer.timer.cancel()
         await self.start(peer)

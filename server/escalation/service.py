@@ -65,12 +65,12 @@ class Escalation:
         one write for the batch, none when no notification needs acknowledgement."""
         await self.scheduler.enqueue_many(ladder.plan(docs))
 
-    async def repush(self, doc: dict) -> None:
+    async def repush(self, doc: dict, level: int) -> None:
         """The original again to its user: a push (whatever the grace period) when the node
         pushes, else a frame to the user's sockets on every node."""
         push = self.push()
         if push is not None:
-            await push.push_now(doc, "escalation")
+            await push.push_now(doc, f"escalation:{level}")  # once per step, also on retries
             return
         await self.bus.publish_event(
             {"kind": REDELIVER, "user_id": doc["user_id"], "id": doc["_id"]}

@@ -34,7 +34,7 @@ class Steps:
         notifications: Notifications,
         timeline: Timeline,
         scheduled: ScheduledStore,
-        repush: Callable[[dict], Awaitable[None]],
+        repush: Callable[[dict, int], Awaitable[None]],
     ):
         self.store = store
         self.notifications = notifications
@@ -71,7 +71,7 @@ class Steps:
             built["_id"] = ladder.alert_id(doc["_id"], level, target, due)
             alerts.append(built)
         stored = await self.notifications.store_once(alerts)
-        await self.repush(doc)
+        await self.repush(doc, level)
         recorded = await self.timeline.record(
             doc["_id"],
             "escalated",

@@ -11,11 +11,12 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from server.app.errors import Conflict, NotFound, StorageUnavailable, ValidationFailed
-from server.app.metrics import METRICS
+from server.app.metrics import METRICS, child
 from server.app.store import FOREVER, Store
 from server.app.timeutil import utcnow
 from server.delivery.broadcast_cache import BroadcastCache
-from server.delivery.hub import Hub
+from server.delivery.hub import Hub, notification_frame
+from server.delivery.recent import UNREAD_FROM_DB, UNREAD_FROM_MEMORY
 from server.feed.render import public
 from server.feed.sequencer import Sequencer
 from server.feed.timeline import Timeline
@@ -32,9 +33,9 @@ def audiences(roles: tuple[str, ...] | list[str]) -> list[str]:
 
 @dataclass
 class Replay:
-    """What a reconnecting socket missed."""
+    """What a reconnecting socket missed: (seq, notification frame) pairs, oldest first."""
 
-    items: list[dict]
+    frames: list[tuple[int, bytes]]
     recovered: bool
     cursor: int
     since: int  # where the client is taken to be: its cursor, or the feed's end if beyond
@@ -55,6 +56,7 @@ class Notifications:
     ):
         self.store = store
         self.sequencer = sequencer
+        self.hub = hub
         self.publish_event = publish_event
         self.node_id = node_id
         self.timeline = timeline
@@ -64,6 +66,7 @@ class Notifications:
         self.replay_limit = replay_limit
         self.retention = store.retention
         self.scheduler = None  # set by the app when scheduling is wired in
+        self.users = None  # the node's last-seen records (UserRecords), set by the app
         self.critical_ack = timedelta(seconds=300)  # the node sets critical_ack_seconds
         self.broadcasts = BroadcastCache(store, hub)  # read on every connect: kept in memory
 
@@ -127,7 +130,7 @@ class Notifications:
             return await self.scheduler.schedule(docs)
         await self._plan(docs)
         stored = await self.sequencer.append(docs)
-        METRICS.created.labels(payload["type"]).inc(len(stored))
+        child(METRICS.created, payload["type"]).inc(len(stored))
         return stored
 
     async def _plan(self, docs: list[dict]) -> None:
@@ -160,6 +163,9 @@ class Notifications:
         """The roles a user is known by: the token's, or those last seen on a socket."""
         if roles is not None:
             return roles
+        queued = self.users.queued_roles(user_id) if self.users is not None else None
+        if queued is not None:  # seen on a socket here a moment ago, not yet written
+            return queued
         return tuple(await self.store.user_roles(user_id))
 
     async def feed(
@@ -208,13 +214,21 @@ class Notifications:
     ) -> tuple[int, Replay | None]:
         """A connecting socket's unread count, and its replay if it gave ``since``.
 
-        Both read the same moment's visible broadcasts: filtered and sorted once per
-        connect, not twice (a reconnect storm does this thousands of times). A cursor past
-        ``dispatched`` (this node's hub) is checked against the feed's end.
+        Both come from memory when the node can prove it holds what they need (the recent
+        window, ``server.delivery.recent``), else from MongoDB. Both read the same moment's
+        visible broadcasts. A cursor past ``dispatched`` (this node's hub) is checked
+        against the feed's end.
         """
         now = utcnow()
-        shared = await self.broadcasts.visible(audiences(roles), now)
-        unread = await self._unread(user_id, shared, now)
+        aud = tuple(audiences(roles))
+        shared = await self.broadcasts.visible(list(aud), now)
+        recent, clock = self.hub.recent, now.timestamp()
+        unread = recent.unread(user_id, aud, shared, clock)
+        if unread is None:
+            UNREAD_FROM_DB.inc()
+            unread = await self._load_unread(user_id, aud, shared, now)
+        else:
+            UNREAD_FROM_MEMORY.inc()
         if since is None:
             return unread, None
         if since > dispatched and since > (end := await self.store.high_seq()):
@@ -224,7 +238,28 @@ class Notifications:
             # Nothing to read: what is stored after ``end`` reaches the socket through the hub.
             METRICS.replay_truncated.inc()
             return unread, Replay([], False, end, end)
-        return unread, await self._replay(user_id, shared, since, now)
+        # A failed write's leftovers may be in the window until the hub moves past them.
+        own = None if self.hub.withheld else recent.replay(user_id, since, clock)
+        if own is None:
+            docs = await self.store.replay(user_id, [], since, self.replay_limit + 1, now)
+            own = [(d["seq"], notification_frame(d)) for d in docs]
+        return unread, self._replay(own, shared, since)
+
+    async def _load_unread(
+        self, user_id: str, aud: tuple[str, ...], shared: list[dict], now: datetime
+    ) -> int:
+        """The unread count from MongoDB; the node keeps it and follows it from then on."""
+        recent = self.hub.recent
+        recent.begin_load(user_id)
+        personal = read = None
+        try:
+            personal = await self.store.unread_personal(user_id, now)
+            read = await self.store.read_map(user_id, [d["_id"] for d in shared])
+        finally:
+            if read is None:
+                personal = None
+            recent.end_load(user_id, aud, personal and dict(personal), set(read or ()))
+        return len(personal) + len(shared) - len(read)
 
     async def _unread(self, user_id: str, shared: list[dict], now: datetime) -> int:
         own = await self.store.unread_personal_ids(user_id, now)
@@ -331,19 +366,23 @@ class Notifications:
 
     # ---- replay ------------------------------------------------------------------------
 
-    async def _replay(self, user_id: str, shared: list[dict], since: int, now: datetime) -> Replay:
-        """What a socket missed after ``since``: at most the replay limit, oldest first."""
+    def _replay(self, own: list[tuple[int, bytes]], shared: list[dict], since: int) -> Replay:
+        """What a socket missed after ``since``: at most the replay limit, oldest first.
+
+        ``own`` are the user's personal notifications after ``since`` (from the window or
+        MongoDB), ``shared`` the visible broadcasts of the user's audiences.
+        """
         limit = self.replay_limit + 1
-        found = await self.store.replay(user_id, [], since, limit, now)  # personal only
-        found = sorted(found + [d for d in shared if d["seq"] > since], key=lambda d: d["seq"])
-        found = found[-limit:]
+        found = own[-limit:] + [(d["seq"], d) for d in shared if d["seq"] > since]
+        found = sorted(found, key=lambda item: item[0])[-limit:]
         recovered = len(found) <= self.replay_limit
         if not recovered:
             found = found[1:]
             METRICS.replay_truncated.inc()
         METRICS.replayed.inc(len(found))
-        cursor = found[-1]["seq"] if found else since
-        return Replay(found, recovered, cursor, since)
+        cursor = found[-1][0] if found else since
+        frames = [(seq, f if type(f) is bytes else notification_frame(f)) for seq, f in found]
+        return Replay(frames, recovered, cursor, since)
 
 
 def _parse_feed_token(token: str | None) -> tuple[str | None, int | None]:

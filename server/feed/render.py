@@ -47,4 +47,5 @@ def api_key(record: dict) -> dict:
         "revoked_at": iso(record.get("revoked_at")),
         "expires_at": iso(record.get("expires_at")),
         "rotated_from": record.get("rotated_from"),
+        "rate": record.get("rate"),
     }

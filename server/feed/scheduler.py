@@ -270,6 +270,7 @@ class Scheduler:
         self._wake_ms: int | None = None  # when the sleeping loop looks next; None: awake
         self._holding: list[dict] = []  # entries claimed and not yet finished
         self._task: asyncio.Task | None = None
+        self._stopping = False
         self.handlers: dict[str, Handler] = {SEND: self._send}
 
     def register(self, kind: str, handler: Handler) -> None:
@@ -321,11 +322,17 @@ class Scheduler:
 
     def start(self) -> None:
         """Start the loop."""
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name="scheduler")
 
     async def stop(self) -> None:
         """Stop the loop; what it held mid-send is released for another node at once."""
         if self._task:
+            # Python 3.11's wait_for swallows a cancel that arrives as the event it waits
+            # for is set (the loop then ran on, and stop() waited for ever): the loop also
+            # checks this flag.
+            self._stopping = True
+            self._wake.set()
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
@@ -411,7 +418,7 @@ class Scheduler:
         return {**doc, "purge_at": (expires or now) + self.retention}
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             # Busy, not asleep: anything scheduled from now on sets the event.
             self._wake_ms = None
             self._wake.clear()

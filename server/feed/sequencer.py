@@ -39,7 +39,12 @@ class Sequencer:
         after_append: Callable[[list[dict]], Awaitable[None]],
         write_timeout: float = 5.0,
         withheld: dict[str, int] | None = None,
+        node_id: str | None = None,
     ):
+        # Stamped as each document's ``origin`` when it is written: the node that stored it
+        # (which a scheduled one's creator need not be) leaves it out of its own change
+        # stream, having delivered it directly.
+        self.node_id = node_id
         self.store = store
         self.after_append = after_append
         # A request waits at most this long in the queue, and its write at most this long
@@ -182,6 +187,8 @@ class Sequencer:
         while pending:
             for offset, doc in enumerate(pending):
                 doc["seq"] = self._next + offset
+                if self.node_id is not None:
+                    doc["origin"] = self.node_id
             try:
                 stored = await self.store.append(pending)
             except AlreadyStored as dup:  # sent before (a retried schedule): skip it

@@ -45,11 +45,29 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
             embedded.stop()
 
 
-async def create_api_key(settings: Settings, name: str, scopes: list[str]) -> str:
-    """Create a key; returns it (it is not stored, only its hash)."""
+async def create_api_key(
+    settings: Settings, name: str, scopes: list[str], rate: float | None = None
+) -> str:
+    """Create a key (with its own rate limit, if given); returns it (only its hash is stored)."""
     async with open_store(settings) as store:
-        key, _ = await ApiKeys(store).create(name, scopes)
+        key, record = await ApiKeys(store).create(name, scopes, rate=rate)
+        audit = Audit(store.db, settings.audit_retention_days)
+        await audit.record(
+            "cli", "api_key.create", record["_id"], name=name, scopes=record["scopes"], rate=rate
+        )
         return key
+
+
+def parse_rate(text: str) -> float:
+    """``--rate``: requests per second as ``N/s`` (or ``N``); 0 exempts the key."""
+    number = text.strip().lower().removesuffix("/s").strip()
+    try:
+        rate = float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a rate like 200/s: {text!r}") from None
+    if not 0 <= rate <= 100_000:  # also false for NaN
+        raise argparse.ArgumentTypeError("a rate from 0/s (no limit) to 100000/s")
+    return rate
 
 
 async def list_api_keys(settings: Settings) -> list[dict]:
@@ -116,6 +134,12 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     )
     create.add_argument("--name", required=True)
     create.add_argument("--scopes", required=True, help="comma-separated: notify,read,...")
+    create.add_argument(
+        "--rate",
+        type=parse_rate,
+        help="this key's REST requests per second, e.g. 200/s (default: NOTIFY_RATE_REST_KEY; "
+        "0/s: no limit)",
+    )
     sub.add_parser(
         "list-api-keys", help="list API keys (never the keys themselves)", parents=[common]
     )
@@ -149,11 +173,12 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "create-api-key":
         scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
         try:
-            key = asyncio.run(create_api_key(settings, args.name, scopes))
+            key = asyncio.run(create_api_key(settings, args.name, scopes, args.rate))
         except ValueError as exc:
             print(f"error: {exc}")
             return 2
-        print(f"Created API key {args.name!r} with scopes {','.join(scopes)}.")
+        rate = "" if args.rate is None else f", {args.rate:g} requests/s"
+        print(f"Created API key {args.name!r} with scopes {','.join(scopes)}{rate}.")
         print("It is shown only this once; store it now:")
         print(key)
         return 0
@@ -162,7 +187,8 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
             state = f"revoked {r['revoked_at']}" if r["revoked_at"] else "active"
             if not r["revoked_at"] and r.get("expires_at"):
                 state = f"expires {r['expires_at']}"  # rotated: valid until its grace ends
-            print(f"{r['id']}  {r['prefix']}…  {r['name']}  {','.join(r['scopes'])}  {state}")
+            rate = "" if r.get("rate") is None else f"  {r['rate']:g}/s"
+            print(f"{r['id']}  {r['prefix']}…  {r['name']}  {','.join(r['scopes'])}{rate}  {state}")
         return 0
     if args.command == "revoke-api-key":
         record = asyncio.run(revoke_api_key(settings, args.key_id))

@@ -1,0 +1,248 @@
+"""The recent feed in memory: replays and unread counts that need no database read.
+
+The hub dispatches every stored notification, from any node, once and in seq order. What it
+dispatched since ``start`` is therefore known here, complete: a reconnect whose cursor is at
+or after ``start`` finds everything it missed in this window (personal notifications; the
+broadcasts come from the broadcast cache), so its replay reads nothing from MongoDB. Where
+the window cannot prove that (a cursor before ``start``, a user whose oldest entries were
+trimmed, entries changed since they were sent), the caller falls back to the database.
+
+The window is bounded by ``max_bytes`` (oldest entries go first, moving ``start``) and by
+``per_user`` entries per user (more would not be replayed anyway: the replay limit). It
+resets (``start`` moves to the hub's seq) when a failed write left documents that must not
+be delivered, so a hidden document is never replayed from here.
+
+Unread counts are kept per user once read from MongoDB (``load``): every personal
+notification dispatched later adds to a user's unread set, every read event (from any node,
+through the bus) removes from it. A break of the event stream forgets them all (a read on
+another node could have been missed); so does age (``max_age``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from server.app.metrics import METRICS
+from server.app.timeutil import as_datetime
+
+# What an entry costs besides its frame: the tuple, the id, the seq and the expiry (bytes).
+ENTRY_OVERHEAD = 200
+AHEAD_MAX = 10_000  # ids changed before this node dispatched them (remembered, bounded)
+UNREAD_USERS_MAX = 200_000
+UNREAD_IDS_MAX = 1_000  # a user with more unread ids is not cached (read from MongoDB)
+
+_REPLAY_FROM_MEMORY = METRICS.replay_memory.labels("memory")
+_REPLAY_FROM_DB = METRICS.replay_memory.labels("database")
+UNREAD_FROM_MEMORY = METRICS.unread_memory.labels("memory")
+UNREAD_FROM_DB = METRICS.unread_memory.labels("database")
+
+NOTHING: frozenset[str] = frozenset()
+
+# (seq, id, frame, visible until as epoch seconds)
+Entry = tuple[int, str, bytes, float]
+
+
+@dataclass(slots=True)
+class _Unread:
+    """One user's unread state, as read from MongoDB and kept up to date since."""
+
+    audiences: tuple[str, ...]
+    personal: dict[str, float]  # own unread ids -> visible until (epoch seconds)
+    # Broadcasts this user has read, and own ids read since the load (a read can arrive
+    # before its dispatch). Usually none: one shared empty frozenset, not 216 bytes of empty
+    # set per connected user, until a read comes.
+    read_shared: frozenset[str] | set[str]
+    read_own: frozenset[str] | set[str]
+    loaded_at: float
+
+
+@dataclass(slots=True)
+class _Loading:
+    added: dict[str, float]
+    dirty: bool = False
+
+
+class RecentFeed:
+    """This node's window of recently dispatched personal notifications, and unread counts."""
+
+    def __init__(self, max_bytes: int, per_user: int, max_age: float = 600.0):
+        self.max_bytes = max_bytes
+        self.per_user = per_user
+        self.max_age = max_age
+        self.start: int | None = None  # nothing is proven until the hub sets it
+        self.bytes = 0
+        self._by_user: dict[str, deque[Entry]] = {}
+        self._order: deque[tuple[str, Entry]] = deque()
+        # A user's entries at or below this seq are not all here (trimmed or changed).
+        self._floor: dict[str, int] = {}
+        self._ahead: dict[str, str] = {}  # id -> user: changed before dispatched here
+        self._unread: dict[str, _Unread] = {}
+        self._loading: dict[str, _Loading] = {}
+
+    # ---- what the hub and the bus tell it ------------------------------------------------
+
+    def reset(self, seq: int) -> None:
+        """Forget everything; complete again from ``seq`` on (start, or a failed write)."""
+        self.start = seq
+        self._by_user.clear()
+        self._order.clear()
+        self._floor.clear()
+        self._unread.clear()
+        for loading in self._loading.values():
+            loading.dirty = True
+        self.bytes = 0
+
+    def record(self, doc: dict, frame: bytes) -> None:
+        """A personal notification the hub dispatched (in seq order, never hidden)."""
+        user_id, doc_id, seq = doc["user_id"], doc["_id"], doc["seq"]
+        visible_until = as_datetime(doc.get("visible_until"))
+        until = visible_until.timestamp() if visible_until is not None else float("inf")
+        changed = self._ahead.pop(doc_id, None) is not None
+        if changed:  # read (or otherwise changed) before it reached this node
+            self._floor[user_id] = seq
+        else:
+            self._count_unread(user_id, doc_id, until)
+        entries = self._by_user.get(user_id)
+        if entries is None:
+            entries = self._by_user[user_id] = deque()
+        entry = (seq, doc_id, frame, until)
+        entries.append(entry)
+        self._order.append((user_id, entry))
+        self.bytes += len(frame) + ENTRY_OVERHEAD
+        if len(entries) > self.per_user:
+            self._floor[user_id] = entries.popleft()[0]
+        while self.bytes > self.max_bytes and self._order:
+            self._evict()
+
+    def _count_unread(self, user_id: str, doc_id: str, until: float) -> None:
+        loading = self._loading.get(user_id)
+        if loading is not None:
+            loading.added[doc_id] = until
+        state = self._unread.get(user_id)
+        if state is not None and doc_id not in state.read_own:
+            state.personal[doc_id] = until
+            if len(state.personal) > UNREAD_IDS_MAX:
+                del self._unread[user_id]
+
+    def _evict(self) -> None:
+        user_id, entry = self._order.popleft()
+        self.bytes -= len(entry[2]) + ENTRY_OVERHEAD
+        self.start = max(self.start or 0, entry[0])
+        entries = self._by_user.get(user_id)
+        if entries and entries[0] is entry:
+            entries.popleft()
+        if not entries:
+            self._by_user.pop(user_id, None)
+        floor = self._floor.get(user_id)
+        if floor is not None and floor <= self.start:
+            del self._floor[user_id]
+
+    def changed(self, user_id: str, ids: Iterable[str], read: bool) -> None:
+        """Notifications of a user changed after they were sent (read, acknowledged).
+
+        Their frames here are stale: a replay from a cursor before the newest of them goes
+        to MongoDB. A read also leaves the user's unread counts.
+        """
+        ids = set(ids)
+        entries = self._by_user.get(user_id, ())
+        seen = {entry[1]: entry[0] for entry in entries if entry[1] in ids}
+        if seen:
+            self._floor[user_id] = max(self._floor.get(user_id, 0), *seen.values())
+        for doc_id in ids - seen.keys():
+            if len(self._ahead) >= AHEAD_MAX:
+                del self._ahead[next(iter(self._ahead))]
+            self._ahead[doc_id] = user_id
+        if not read:
+            return
+        loading = self._loading.get(user_id)
+        if loading is not None:
+            loading.dirty = True
+        state = self._unread.get(user_id)
+        if state is not None:
+            unseen = {doc_id for doc_id in ids if state.personal.pop(doc_id, None) is None}
+            if unseen:  # not (yet) among the unread here; or broadcasts: either way, read
+                state.read_own = state.read_own | unseen
+            state.read_shared = state.read_shared | ids
+
+    def forget_unread(self) -> None:
+        """The event stream broke: reads on other nodes may have been missed."""
+        self._unread.clear()
+        for loading in self._loading.values():
+            loading.dirty = True
+
+    # ---- what a connecting socket asks ---------------------------------------------------
+
+    def replay(self, user_id: str, since: int, now: float) -> list[tuple[int, bytes]] | None:
+        """The user's personal notifications after ``since`` (visible, oldest first), or
+        None when this window cannot prove it holds all of them."""
+        if self.start is None or since < self.start or since < self._floor.get(user_id, 0):
+            _REPLAY_FROM_DB.inc()
+            return None
+        _REPLAY_FROM_MEMORY.inc()
+        found = []
+        for seq, _, frame, until in reversed(self._by_user.get(user_id, ())):
+            if seq <= since:
+                break
+            if until > now:
+                found.append((seq, frame))
+        found.reverse()
+        return found
+
+    def unread(self, user_id: str, audiences: tuple[str, ...], shared: list[dict], now: float):
+        """The user's unread count from memory, or None if it must be read from MongoDB."""
+        state = self._unread.get(user_id)
+        if (
+            state is None
+            or state.audiences != audiences
+            or time.monotonic() - state.loaded_at > self.max_age
+        ):
+            return None
+        own = sum(1 for until in state.personal.values() if until > now)
+        read = state.read_shared
+        return own + sum(1 for d in shared if d["_id"] not in read)
+
+    def begin_load(self, user_id: str) -> None:
+        """A read of the user's unread state from MongoDB starts now."""
+        self._loading[user_id] = _Loading({})
+
+    def end_load(
+        self,
+        user_id: str,
+        audiences: tuple[str, ...],
+        personal: dict[str, float] | None,
+        read_shared: set[str],
+    ) -> None:
+        """Keep what was read, with what was dispatched meanwhile; not if a read raced it.
+
+        ``personal`` None: the read failed, nothing is kept.
+        """
+        loading = self._loading.pop(user_id, None)
+        if personal is None or loading is None or loading.dirty or self.start is None:
+            return
+        personal.update(loading.added)
+        if len(personal) > UNREAD_IDS_MAX:
+            return
+        if len(self._unread) >= UNREAD_USERS_MAX:
+            del self._unread[next(iter(self._unread))]
+        read_shared = frozenset(read_shared) if read_shared else NOTHING
+        self._unread[user_id] = _Unread(audiences, personal, read_shared, NOTHING, time.monotonic())
+
+    # ---- reporting -----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Entries, users and bytes held (the window's bound is ``max_bytes``)."""
+        return {
+            "entries": len(self._order),
+            "users": len(self._by_user),
+            "bytes": self.bytes,
+            "unread_users": len(self._unread),
+            "start": self.start or 0,
+        }
+
+    def watch_gauges(self) -> None:
+        """Report this window's size in ``/metrics`` (read when scraped)."""
+        METRICS.replay_window_bytes.set_function(lambda: self.bytes)
+        METRICS.replay_window_entries.set_function(lambda: len(self._order))

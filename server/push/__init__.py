@@ -1,0 +1,1 @@
+"""Web Push: subscriptions, VAPID keys, encrypted sending, preferences and quiet hours."""
