@@ -164,14 +164,11 @@ class APIHandler(BaseHandler):
 
     async def prepare(self) -> None:
         await super().prepare()
-        # An address past its limit of requests without a valid credential is refused here
-        # when this one carries none either; one with a credential is judged by it
-        # (``authenticate``): per credential first, as a clinic shares one address.
+        # A request without a credential counts against its address at once (429 past its
+        # limit); one with a credential is judged by it (``authenticate``): per credential
+        # first, as a clinic shares one address.
         if "Authorization" not in self.request.headers:
-            limit = self.services.limits.rest_ip
-            wait = limit.peek(self.request.remote_ip or "")
-            if wait:
-                raise limit.refusal(wait)
+            self._count_address()
         if len(self.request.body or b"") > self.config.max_body_bytes:
             raise TooLarge(f"the body is larger than {self.config.max_body_bytes} bytes")
 
@@ -183,25 +180,34 @@ class APIHandler(BaseHandler):
         header = self.request.headers.get("Authorization", "")
         scheme, _, credential = header.partition(" ")
         credential = credential.strip()
-        # This address's failures so far: past its limit, a bad credential is a 429, and an
-        # API key this node has not seen valid lately is not even looked up in MongoDB.
-        over = limits.rest_ip.peek(self.request.remote_ip or "")
         try:
             if scheme.lower() != "bearer" or not credential:
                 raise Unauthorized("send Authorization: Bearer <API key or token>")
             if looks_like_token(credential):
-                principal = services.tokens.check(credential)
-            elif over and not services.api_keys.known_good(credential):
-                raise limits.rest_ip.refusal(over)
-            else:
+                principal = services.tokens.check(credential)  # a signature: no cost to try
+            elif services.api_keys.known_good(credential):
                 principal = await services.api_keys.check(credential)
+            else:
+                # A key this node has not seen valid lately costs a MongoDB lookup: the
+                # address lends one request for it (a 429 past its limit, not looked up),
+                # given back if the key proves valid.
+                self._count_address()
+                principal = await services.api_keys.check(credential)
+                limits.rest_ip.give(self.request.remote_ip or "")
         except Unauthorized:
-            if over:
-                raise limits.rest_ip.refusal(over) from None
+            self._count_address()
             raise
         self.principal = principal
         limits.check_credential(principal.kind, f"{principal.kind}:{principal.id}", principal.rate)
         return principal
+
+    _counted = False  # this request already took from its address's bucket
+
+    def _count_address(self) -> None:
+        """Count this request against its address, once; RateLimited past the limit."""
+        if not self._counted:
+            self._counted = True
+            self.services.limits.rest_ip.check(self.request.remote_ip or "")
 
     async def require_scope(self, scope: str) -> Principal:
         """Authenticate and demand an API key with ``scope``."""
@@ -320,8 +326,9 @@ class APIHandler(BaseHandler):
         body, a title or a credential.
         """
         status, principal = self.get_status(), self.principal
-        if principal is None:  # no valid credential: counts against the address
-            self.services.limits.rest_ip.take(self.request.remote_ip or "")
+        if principal is None:  # no valid credential (a route that never asked for one)
+            if not self._counted:
+                self.services.limits.rest_ip.take(self.request.remote_ip or "")
             return
         if not (status == 403 or (self.audit_action and status < 400)):
             return
