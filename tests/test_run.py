@@ -202,8 +202,14 @@ async def serve_until_ready(args: list[str], env: dict, cwd: Path, url: str) -> 
 
 
 async def stop(proc: subprocess.Popen) -> str:
+    """SIGTERM, and the service's output once it exited 0 (killed, and a failure, if not)."""
     proc.send_signal(signal.SIGTERM)
-    output, _ = await asyncio.to_thread(proc.communicate, timeout=SHUTDOWN)
+    try:
+        output, _ = await asyncio.to_thread(proc.communicate, timeout=SHUTDOWN)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+        raise AssertionError(f"no exit {SHUTDOWN} s after SIGTERM:\n{output[-3000:]}") from None
     assert proc.returncode == 0, output
     return output
 
@@ -223,7 +229,10 @@ async def test_defaults_port_7556_and_data_in_dot_data(tmp_path):
         data = tmp_path / "data"
         assert data.is_dir() and any(data.iterdir()), "the embedded database is not in ./data"
     finally:
-        output = await stop(proc) if proc.poll() is None else proc.communicate()[0]
+        if proc.poll() is None:
+            output = await stop(proc)
+        else:
+            output = proc.communicate()[0]
     assert url in output and port_is_free(DEFAULT_PORT)
 
 
