@@ -80,6 +80,18 @@ class MarkReadHandler(APIHandler):
         self.ok(await self.services.notifications.mark_read(user_id, roles, notification_id))
 
 
+class AckHandler(APIHandler):
+    audit_action = "notifications.ack"
+
+    async def post(self, user_id: str, notification_id: str) -> None:
+        """A delivery receipt over REST (SSE has no client frames); the notification."""
+        _, roles = await self.require_user(user_id)
+        req = self.load(schemas.AckIn(), self.body() if self.request.body else {})
+        connection = req["connection_id"] or "rest"
+        notifications = self.services.notifications
+        self.ok(await notifications.ack(user_id, roles, notification_id, connection))
+
+
 class ReadAllHandler(APIHandler):
     audit_action = "notifications.mark_all_read"
 
@@ -123,6 +135,7 @@ default_handlers = [
     (rf"/v1/users/{ID}/unread-count", UnreadCountHandler),
     (rf"/v1/users/{ID}/notifications/read-all", ReadAllHandler),
     (rf"/v1/users/{ID}/notifications/{ID}/read", MarkReadHandler),
+    (rf"/v1/users/{ID}/notifications/{ID}/ack", AckHandler),
     (r"/v1/presence", PresenceHandler),
     (r"/v1/ws/stats", StatsHandler),
     (r"/v1/ws/test-notification", TestNotificationHandler),

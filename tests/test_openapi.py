@@ -31,6 +31,7 @@ CONTRACT_ROUTES = {
     ("get", "/v1/users/{user_id}/unread-count"),
     ("post", "/v1/users/{user_id}/notifications/{notification_id}/read"),
     ("post", "/v1/users/{user_id}/notifications/read-all"),
+    ("post", "/v1/users/{user_id}/notifications/{notification_id}/ack"),
     ("post", "/v1/users/{user_id}/notifications/{notification_id}/acknowledge"),
     ("get", "/v1/notifications/{notification_id}"),
     ("delete", "/v1/notifications/{notification_id}"),

@@ -537,3 +537,37 @@ async def test_the_dashboard_shows_devices_pushes_and_the_push_timeline(fast, pu
     assert sum(p["pushed"] or 0 for p in overview["chart"]) >= 1
     page = text(await browser.get("/dashboard"))
     assert 'data-figure="pushed_minute"' in page and "legend-push_failed" in page
+
+
+async def test_a_claim_starts_no_push_after_a_third_of_its_lease(settings, mongo_uri, push_server):
+    """A batch whose pushes wait long for a slot leaves the rest to a later claim: none is
+    lost, none sent twice, and the claim ends well within its lease."""
+    running, api = await start(
+        settings, mongo_uri, push_server, schedule_lease_seconds=0.9, push_concurrency=1
+    )
+    try:
+        for name in ("d-1", "d-2", "d-3"):
+            await subscribe(api, push_server, "p-1", name)
+        push_server.hold()
+        sent = await lab(api, "p-1", priority="critical")
+        await push_server.wait_for(lambda: push_server.waiting == 1)
+        held_since = time.monotonic()
+        await push_server.wait_for(lambda: time.monotonic() - held_since > 0.5)  # deadline 0.3
+        push_server.release()
+        await push_server.wait_for(
+            lambda: all(push_server.to(d) for d in ("d-1", "d-2", "d-3")), timeout=30
+        )
+        assert sorted(p.subscriber for p in push_server.attempts) == ["d-1", "d-2", "d-3"]
+        events = await timeline(api, sent["id"], "push_sent", count=3)
+        assert [e["attempt"] for e in events] == [1, 1, 1]
+        # The held one went out under the first claim; the other two under entries of their
+        # own (keys end in the attempt), queued when the first claim's time was up.
+        keys = [
+            e["_id"]
+            async for e in running.node.notifications.timeline.collection.find(
+                {"notification_id": sent["id"], "event": "push_sent"}
+            )
+        ]
+        assert sorted(k.count(":") for k in keys) == [2, 3, 3], keys
+    finally:
+        await running.stop()

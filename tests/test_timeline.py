@@ -216,3 +216,53 @@ async def test_a_failing_planner_stores_nothing(node, api):
     assert error["code"] == "storage_unavailable"
     node.node.notifications.planners.clear()
     assert (await api.get("/v1/users/p-9/notifications"))["items"] == []
+
+
+async def test_a_receipt_over_rest_is_delivered_once_per_connection(node, api):
+    created = await api.notify("p-10", "Lab results ready")
+    patient = await api.token("p-10")
+    path = f"/v1/users/p-10/notifications/{created['id']}/ack"
+    first = await api.post(path, {"connection_id": "sse-a"}, key=patient)
+    assert first["id"] == created["id"] and first["delivered_at"] is not None
+    await api.post(path, {"connection_id": "sse-a"}, key=patient)  # the same connection again
+    await api.post(path, {"connection_id": "sse-b"}, key=patient)
+    await api.post(path, key=patient)  # no body: one receipt for "rest"
+    timeline = (await api.get(f"/v1/notifications/{created['id']}"))["timeline"]
+    delivered = [e["connection_id"] for e in timeline if e["event"] == "delivered"]
+    assert delivered == ["sse-a", "sse-b", "rest"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"connection_id": "has space"}, 400),
+        ({"connection_id": ""}, 400),
+        ({"connection_id": 7}, 400),
+        ({"connection_id": "x" * 65}, 400),
+        ({"other": "field"}, 400),
+    ],
+)
+async def test_bad_receipts_are_refused_and_record_nothing(node, api, body, status):
+    created = await api.notify("p-11")
+    patient = await api.token("p-11")
+    path = f"/v1/users/p-11/notifications/{created['id']}/ack"
+    error = await api.post(path, body, key=patient, expect=status)
+    assert error["code"] == "validation_error"
+    assert await events(api, created["id"]) == ["created"]
+
+
+async def test_receipts_belong_to_their_user(node, api):
+    created = await api.notify("p-12")
+    other = await api.token("p-13")
+    await api.post(f"/v1/users/p-12/notifications/{created['id']}/ack", key=other, expect=403)
+    mine = await api.token("p-13")
+    await api.post(f"/v1/users/p-13/notifications/{created['id']}/ack", key=mine, expect=404)
+    assert await events(api, created["id"]) == ["created"]
+
+
+async def test_connection_ids_differ_across_processes(node, api):
+    sock = await Socket.open(node.url, await api.token("p-14"))
+    welcome = await sock.expect("welcome")
+    prefix, _, number = welcome["connection_id"].rpartition("-")
+    assert prefix.startswith("c") and len(prefix) == 7 and number.isdigit()
+    sock.close()

@@ -530,7 +530,14 @@
 
       _newLink(kind) {
         var since = this._cursor;
-        return { kind: kind, since: since, upgraded: false, welcomed: false, replaying: !!since };
+        return {
+          kind: kind,
+          since: since,
+          upgraded: false,
+          welcomed: false,
+          replaying: !!since,
+          connectionId: null,
+        };
       }
 
       _openSocket(token) {
@@ -1108,6 +1115,7 @@
         if (link.since && frame.recovered === false && this._fillGaps) {
           link.holding = []; // replayed frames wait until the gap before them is filled
         }
+        link.connectionId = frame.connection_id;
         this._setUnread(frame.unread_count);
         this._startWatch(link);
         this._scheduleRefresh(link);
@@ -1190,7 +1198,7 @@
         this._remember(n.id);
         this._insert(n);
         if (this._ack) {
-          this._sendFrame({ type: "ack", id: n.id });
+          this._receipt(n.id, link);
         }
         var counted =
           link.liveFrom && isCursor(n.cursor) && compareCursors(n.cursor, link.liveFrom) <= 0;
@@ -1198,6 +1206,19 @@
           this._setUnread(this._unread + 1); // newer than the welcome's count
         }
         this._emit("notification", n, { source: source });
+      }
+
+      /** The delivery receipt: a frame on a socket, a REST call on SSE (no client frames). */
+      _receipt(id, link) {
+        if (link.kind !== "sse") {
+          this._sendFrame({ type: "ack", id: id });
+          return;
+        }
+        var path = "/notifications/" + encodeURIComponent(id) + "/ack";
+        var body = link.connectionId ? { connection_id: link.connectionId } : {};
+        this._userRequest("POST", path, body).catch(function () {
+          // a lost receipt only means a push may still go out after the grace period
+        });
       }
 
       _insert(n) {

@@ -143,7 +143,7 @@ class Node:
         PushService.subject(settings)  # a missing subject stops the start, not the first push
         push = PushService(settings, store.db, notifications, scheduler)
         notifications.planners.append(push.plan)
-        escalation = Escalation(store, notifications, scheduler, bus, hub)
+        escalation = Escalation(store, notifications, scheduler, bus, push)
         escalation.wire()
         users = UserRecords(store)
         notifications.users = users
@@ -182,8 +182,6 @@ class Node:
             idempotency=Idempotency(store.db, settings.idempotency_in_flight_seconds),
             log_key=None if settings.log_user_ids else logs.pseudonym_key(token_secret(settings)),
         )
-        # Pushing the original again is the push service's, once the node has one.
-        escalation.push = lambda: getattr(node, "push", None)
         return node
 
     async def start(self) -> None:

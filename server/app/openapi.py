@@ -196,6 +196,13 @@ ROUTES = (
         params=UserNotificationPath, extra=(409,),
     ),
     Route(
+        "post", "/v1/users/{user_id}/notifications/{notification_id}/ack",
+        "A delivery receipt, as the socket's ack frame: for transports without client frames "
+        "(SSE); recorded once per connection_id in the timeline",
+        schemas.NotificationOut, scope="read", own_user=True, body=schemas.AckIn,
+        params=UserNotificationPath,
+    ),
+    Route(
         "post", "/v1/users/{user_id}/notifications/read-all",
         "Mark all of a user's notifications read; answers how many were marked",
         schemas.CountOut, scope="read", own_user=True, params=UserPath,

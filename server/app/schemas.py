@@ -378,6 +378,15 @@ class DeliveriesQuery(Strict):
 
 
 # Client frames on the socket: one schema per frame type.
+class AckIn(Strict):
+    """A delivery receipt over REST (the SSE transport's ``ack``): which connection saw it."""
+
+    connection_id = fields.String(
+        validate=validate.Regexp(r"^[A-Za-z0-9._:\-]{1,64}$", error="not a connection id"),
+        load_default=None,
+    )
+
+
 class AckFrame(Strict):
     type = fields.Constant("ack")
     id = Id(required=True)

@@ -1,15 +1,14 @@
 """Fan-out between nodes on MongoDB change streams; no broker besides MongoDB.
 
 Each node watches two collections: ``notifications`` (every sequenced insert, from any
-node) and ``events`` (read-state changes, acknowledgements, and kinds other capabilities
-register in ``Bus.handlers``). A change event is only a doorbell: notifications
-are read back by seq, so the hub dispatches each one once and in order, whichever way it
-came (this node's own write, or the stream). A stream that breaks (primary step-down,
-network blip, the embedded server restarted) is reopened after the last event handled;
-what a resume cannot replay (a token too old, or events written while the embedded server
-kept no change log) is caught up from MongoDB: notifications by seq, read events by time.
-Every break is logged with how long it lasted and what was caught up, and counted
-(``notify_bus_gaps``, ``notify_bus_gap_items``).
+node) and ``events`` (read-state changes and acknowledgements). A change event is only a
+doorbell: notifications are read back by seq, so the hub dispatches each one once and in
+order, whichever way it came (this node's own write, or the stream). A stream that breaks
+(primary step-down, network blip, the embedded server restarted) is reopened after the
+last event handled; what a resume cannot replay (a token too old, or events written while
+the embedded server kept no change log) is caught up from MongoDB: notifications by seq,
+read events by time. Every break is logged with how long it lasted and what was caught up,
+and counted (``notify_bus_gaps``, ``notify_bus_gap_items``).
 
 The embedded server answers a change stream's getMore at once instead of waiting up to
 ``maxAwaitTimeMS`` for an event; after an empty answer that quick the bus pauses
@@ -87,8 +86,6 @@ class Bus:
         self._events_heard = utcnow()  # every event published before this was handled
         self._started_at = self._events_heard
         self.ready = asyncio.Event()
-        # Event kinds other capabilities handle (besides read state and acknowledgements).
-        self.handlers: dict[str, Callable[[dict], None]] = {}
 
     def start(self) -> None:
         """Start watching (when enabled)."""
@@ -286,8 +283,6 @@ class Bus:
                 ]
             elif kind == "acknowledged":
                 messages = [{"type": "acknowledged", "id": str(event["id"])}]
-            elif kind in self.handlers:
-                return self.handlers[kind](event)
             else:
                 return
         except (KeyError, TypeError, ValueError):

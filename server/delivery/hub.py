@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
@@ -40,6 +41,9 @@ class Connection(Protocol):
 
 
 _ids = itertools.count(1)
+# Connection ids are unique across nodes (a receipt's timeline entry is keyed by one): this
+# process's random prefix, then a counter.
+_PREFIX = f"c{secrets.token_hex(3)}-"
 # Frames of a replay written to a socket in one go (a few hundred KiB at most).
 REPLAY_WRITE_FRAMES = 64
 
@@ -58,7 +62,7 @@ class Subscription:
     ip: str | None = ""
     connected_at: datetime = field(default_factory=utcnow)
     last_active: datetime | None = None  # the last frame from the client
-    id: str = field(default_factory=lambda: f"c{next(_ids)}")
+    id: str = field(default_factory=lambda: f"{_PREFIX}{next(_ids)}")
     last_seq: int = 0
     pending: list[tuple[int, bytes]] | None = field(default_factory=list)
     overflowed: bool = False

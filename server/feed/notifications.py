@@ -305,7 +305,7 @@ class Notifications:
 
     async def ack(
         self, user_id: str, roles: tuple[str, ...], notification_id: str, connection_id: str
-    ) -> None:
+    ) -> dict:
         """A device's delivery receipt: ``delivered`` once per connection in the timeline."""
         doc = await self.store.get(notification_id)
         if doc is None or not _belongs(doc, user_id, roles):
@@ -313,6 +313,7 @@ class Notifications:
         if doc.get("user_id") == user_id:
             now = utcnow()
             await self.store.mark_delivered(user_id, notification_id, now)
+            doc["delivered_at"] = doc.get("delivered_at") or now
             await self.timeline.record(
                 notification_id,
                 "delivered",
@@ -320,6 +321,7 @@ class Notifications:
                 at=now,
                 connection_id=connection_id,
             )
+        return public(doc)
 
     async def detail(self, notification_id: str) -> dict:
         """A notification (sent or still scheduled) with its timeline (CONTRACT §8)."""

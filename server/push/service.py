@@ -43,7 +43,7 @@ from server.push.preferences import Preferences, quiet_until, wants_push
 from server.push.subscriptions import MAX_PER_USER, Subscriptions
 from server.push.subscriptions import public as public_subscription
 from server.push.vapid import DEV_SUBJECT, Vapid
-from server.push.webpush import URGENCY, Answer, Sender, topic_of
+from server.push.webpush import LATER, URGENCY, Answer, Sender, topic_of
 
 log = logging.getLogger("notify.push")
 
@@ -56,6 +56,9 @@ MAX_BACKOFF = 3600.0
 GENERIC_TITLE = "New notification"
 SENT = (200, 201, 202)
 GONE = (404, 410)
+# What sending one device came to: the outcome, when to try again (None: never), and how
+# many attempts that next try has behind it.
+Result = tuple[str, datetime | None, int]
 SWEEP_FIELDS = {
     "_id": 1, "user_id": 1, "audience": 1, "priority": 1, "critical": 1, "seq": 1,
     "created_at": 1, "deliver_at": 1, "visible_until": 1, "delivered_at": 1,
@@ -89,6 +92,7 @@ class PushService:
         self.db = db
         self.vapid: Vapid | None = None
         self.sender: Sender | None = None
+        self._deadline: float | None = None  # the batch being sent starts no request after it
 
     # ---- life ----------------------------------------------------------------------------
 
@@ -205,7 +209,11 @@ class PushService:
     async def _push(self, entries: list[dict]) -> dict[str, int]:
         """Do due push entries; returns those to try again and when (epoch ms)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.scheduler.lease_ms / 3000  # well within the lease
+        # No request starts after a third of the lease: one started before it ends within
+        # the push timeout, so the claim is done before its lease runs out (keep the lease
+        # above 1.5 times NOTIFY_PUSH_TIMEOUT_SECONDS) and no other node sends it as well.
+        # One batch at a time per node (the scheduler's loop), so one deadline at a time.
+        deadline = self._deadline = loop.time() + self.scheduler.lease_ms / 3000
         now = utcnow()
         refs = list({e["ref"] for e in entries})
         docs = {d["_id"]: d async for d in self.docs.find({"_id": {"$in": refs}})}
@@ -246,7 +254,7 @@ class PushService:
                 return  # unsubscribed since
             attempt = payload.get("offset", 0) + entry["attempts"]
             personal = doc.get("user_id") is not None
-            retry = await self._deliver(doc, sub, attempt, f"{key}:{attempt}", personal)
+            _, retry, _ = await self._deliver(doc, sub, attempt, f"{key}:{attempt}", personal)
             if retry is not None:
                 again[key] = millis(retry)
             return
@@ -272,10 +280,10 @@ class PushService:
         if entry["attempts"] > 1:  # retaken after a crash: skip the devices already done
             targets = await self._not_done(key, targets)
         personal = doc.get("user_id") is not None
-        retries = await asyncio.gather(
+        results = await asyncio.gather(
             *(self._deliver(doc, s, 1, f"{key}:{s['_id']}", personal) for s in targets)
         )
-        await self._queue_retries(key, doc, targets, retries)
+        await self._queue_retries(key, doc, targets, results)
 
     async def _broadcast(self, entry: dict, doc: dict, deadline: float, again: dict) -> None:
         """A high or critical broadcast to every subscribed member of its audience, in pages."""
@@ -294,11 +302,11 @@ class PushService:
             if not doc["critical"]:
                 prefs = await self.preferences.for_users([s["user_id"] for s in page])
                 targets = await self._defer_quiet(key, doc, page, prefs, now)
-            retries = await asyncio.gather(
+            results = await asyncio.gather(
                 *(self._deliver(doc, s, 1, None, False) for s in targets)
             )
-            await self._queue_retries(key, doc, targets, retries)
-            total += sum(1 for r in retries if r is None)
+            await self._queue_retries(key, doc, targets, results)
+            total += sum(1 for outcome, _, _ in results if outcome == "sent")
             after = page[-1]["_id"]
             await self.state.update_one(
                 {"_id": progress_id}, {"$set": {"after": after, "sent": total}}, upsert=True
@@ -337,7 +345,7 @@ class PushService:
         return [s for s, k in zip(subs, keys, strict=True) if k not in done]
 
     async def _queue_retries(
-        self, key: str, doc: dict, subs: list[dict], retries: list[datetime | None]
+        self, key: str, doc: dict, subs: list[dict], results: list[Result]
     ) -> None:
         """An entry per device to try again, due at its backoff."""
         items = [
@@ -345,11 +353,11 @@ class PushService:
                 KIND,
                 f"{key}:{sub['_id']}",
                 at,
-                {"due": millis(at), "subscription_id": sub["_id"], "offset": 1,
+                {"due": millis(at), "subscription_id": sub["_id"], "offset": offset,
                  "user_id": sub["user_id"]},
                 doc["_id"],
             )
-            for sub, at in zip(subs, retries, strict=True)
+            for sub, (_, at, offset) in zip(subs, results, strict=True)
             if at is not None
         ]  # fmt: skip
         if items:
@@ -357,14 +365,17 @@ class PushService:
 
     async def _deliver(
         self, doc: dict, sub: dict, attempt: int, tkey: str | None, personal: bool
-    ) -> datetime | None:
-        """Send to one device and record the outcome; when to try again, or None."""
+    ) -> Result:
+        """Send to one device and record the outcome: the outcome, when to try again (or
+        None), and how many attempts that retry has behind it."""
         now = utcnow()
         answer = await self.sender.send(
             sub, self._payload(doc), self._ttl(doc, now), URGENCY[doc["priority"]],
-            topic_of(doc["_id"]),
+            topic_of(doc["_id"]), self._deadline,
         )  # fmt: skip
         status = answer.status
+        if status == LATER:  # not sent: the claim's time is up; another claim sends it
+            return "later", now, attempt - 1
         fields = {"subscription_id": sub["_id"], "status": status or None}
         retry_at = None
         if status in SENT:
@@ -385,7 +396,7 @@ class PushService:
         METRICS.push_attempts.labels(outcome).inc()
         if personal:  # broadcasts keep no per-user events (CONTRACT §8): a summary instead
             await self.timeline.record(doc["_id"], event, key=tkey, attempt=attempt, **fields)
-        return retry_at
+        return outcome, retry_at, attempt
 
     def _backoff(self, attempt: int, answer: Answer) -> float:
         base = self.settings.push_retry_seconds * 2 ** (attempt - 1)

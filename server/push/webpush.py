@@ -29,6 +29,7 @@ log = logging.getLogger("notify.push")
 
 URGENCY = {"low": "low", "normal": "normal", "high": "high", "critical": "high"}
 TOPIC_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+LATER = -1  # the status of a message not sent: its slot came after the caller's deadline
 
 
 @dataclass(frozen=True)
@@ -99,13 +100,26 @@ class Sender:
         """Close the HTTP client."""
         self.client.close()
 
-    async def send(self, sub: dict, payload: bytes, ttl: int, urgency: str, topic: str) -> Answer:
-        """Encrypt ``payload`` for ``sub`` and post it; never raises for the far end's faults."""
+    async def send(
+        self,
+        sub: dict,
+        payload: bytes,
+        ttl: int,
+        urgency: str,
+        topic: str,
+        deadline: float | None = None,
+    ) -> Answer:
+        """Encrypt ``payload`` for ``sub`` and post it; never raises for the far end's faults.
+
+        ``deadline`` (loop time): a message whose turn comes later is not sent (``LATER``).
+        """
         origin = origin_of(sub["endpoint"])
         slot = self._slots.get(origin)
         if slot is None:
             slot = self._slots[origin] = asyncio.Semaphore(self.concurrency)
         async with slot:
+            if deadline is not None and asyncio.get_running_loop().time() > deadline:
+                return Answer(LATER, reason="later")
             body = encrypt(payload, sub["p256dh"], sub["auth"])
             request = HTTPRequest(
                 sub["endpoint"],

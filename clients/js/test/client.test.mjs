@@ -207,6 +207,10 @@ describe("SSE", () => {
       const made = await service.notify("js-8", "over SSE");
       await until(() => c.notifications.length === 1, 20000, "the notification");
       assert.equal(c.notifications[0].id, made.id);
+      await until(async () => {
+        const detail = await service.call("GET", `/v1/notifications/${made.id}`);
+        return detail.timeline.some((e) => e.event === "delivered" && e.connection_id);
+      }, 20000, "the delivery receipt over REST, with this stream's connection id");
       await c.markRead(made.id); // REST on this transport
       await until(() => c.unreadCount === 0, 20000, "unread 0");
       c.close();
