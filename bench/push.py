@@ -1,6 +1,7 @@
 """``push``: Web Push messages per second to users with no socket, and the CPU per push.
 
-N users (default 5,000) each subscribe one device whose push service is a local one in this
+N users (default 5,000) each have one device subscribed (the first 20 through the API, the
+rest written in bulk: subscribing is setup, not measured) whose push service is a local one in this
 process on 127.0.0.1 (``tests/pushservice.py``): it verifies every VAPID JWT and decrypts
 every message with the device's private key, as a browser's push service and the browser
 would. Then N notifications are stored (``user_ids`` batches of 1,000) for users with no
@@ -26,6 +27,7 @@ from tests.pushservice import PushServer
 DEFAULT_USERS = 5000
 TARGET_PER_SECOND = 100.0
 BATCH = 1000
+VIA_API = 20  # subscriptions made through the API; the rest written directly (setup, not measured)
 SETTINGS = {
     "NOTIFY_OUTBOUND_ALLOW_PRIVATE": "true",
     "NOTIFY_PUSH_GRACE_SECONDS": "0",
@@ -43,9 +45,10 @@ async def run(opts: Options, out: Report) -> None:
         api = service.api()
         key = await api.json("GET", "/v1/push/vapid-public-key")
         push.vapid_key = key["public_key"]
-        for user in users:
-            sub = push.add(user).subscription()
+        subs = [push.add(user).subscription() for user in users]
+        for user, sub in list(zip(users, subs, strict=True))[:VIA_API]:
             await api.json("POST", f"/v1/users/{user}/push-subscriptions", sub, expect=201)
+        await _store_subscriptions(service, users[VIA_API:], subs[VIA_API:])
         cpu = service.cpu()
         started = time.monotonic()
         for i in range(0, len(users), BATCH):
@@ -79,3 +82,33 @@ async def run(opts: Options, out: Report) -> None:
     finally:
         await service.stop()
         await push.stop()
+
+
+async def _store_subscriptions(service: Service, users: list[str], subs: list[dict]) -> None:
+    """Subscriptions as the API stores them, written in bulk: subscribing is not measured."""
+    from server.app.store import connect
+    from server.app.timeutil import utcnow
+    from server.push.subscriptions import subscription_id
+
+    now = utcnow()
+    docs = [
+        {
+            "_id": subscription_id(sub["endpoint"]),
+            "user_id": user,
+            "roles": ["patient"],
+            "endpoint": sub["endpoint"],
+            "p256dh": sub["keys"]["p256dh"],
+            "auth": sub["keys"]["auth"],
+            "device": None,
+            "expiration_time": None,
+            "updated_at": now,
+            "created_at": now,
+        }
+        for user, sub in zip(users, subs, strict=True)
+    ]
+    client = connect(service.uri, 5000)
+    try:
+        for i in range(0, len(docs), BATCH):
+            await client[service.db].push_subscriptions.insert_many(docs[i : i + BATCH])
+    finally:
+        await client.close()

@@ -27,7 +27,7 @@ from hypothesis import settings as hypothesis_settings
 from pymongo import MongoClient
 
 from server.ops.embedded import EmbeddedMongo
-from tests.support import Api, serve_node, test_settings
+from tests.support import Api, serve_node, stop_node, test_settings
 
 ALL_SCOPES = ["notify", "broadcast", "tokens", "read", "admin"]
 
@@ -45,6 +45,17 @@ def pytest_configure(config):
         return
     seed = os.environ.setdefault("HYPOTHESIS_SEED", str(random.randrange(2**32)))
     core.global_force_seed = int(seed)
+
+
+# Fixtures that start a second node on the database: a cluster in one process. A test that
+# uses one is marked slow, so the inner loop (-m "not slow and not browser") leaves it out.
+CLUSTER_FIXTURES = {"second_node", "pair"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_report_header(config):
@@ -87,14 +98,14 @@ def settings(db_name, tmp_path):
 async def node(settings, mongo_uri):
     running = await serve_node(settings, mongo_uri)
     yield running
-    await running.stop()
+    await stop_node(running)
 
 
 @pytest_asyncio.fixture
 async def second_node(settings, mongo_uri):
     running = await serve_node(settings.with_(node_id="second"), mongo_uri)
     yield running
-    await running.stop()
+    await stop_node(running)
 
 
 @pytest_asyncio.fixture

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import io
 import json
 import os
 import time
@@ -58,11 +59,29 @@ def test_settings(db_name: str, **changes: Any) -> Settings:
         mongodb_db=db_name,
         token_secret=TOKEN_SECRET,
         api_key_cache_seconds=0.0,
-        ping_interval=5.0,
-        ping_timeout=5.0,
+        # Long enough that a loop stalled by a loaded machine (client and node share it
+        # here) never drops a live socket; the ping tests set their own.
+        ping_interval=30.0,
+        ping_timeout=30.0,
         log_level="WARNING",
     )
     return base.with_(**changes)
+
+
+async def stop_node(running: Running, timeout: float = 60.0) -> None:
+    """Stop a node; one that does not stop in time fails with the stacks of its tasks.
+
+    (pytest-timeout would only show the threads: the event loop idling in select.)
+    """
+    try:
+        await asyncio.wait_for(running.stop(), timeout)
+    except TimeoutError:
+        out = io.StringIO()
+        for task in asyncio.all_tasks():
+            print(f"--- {task.get_name()} {task.get_coro()}", file=out)
+            task.print_stack(file=out)
+        stacks = out.getvalue()
+        raise AssertionError(f"the node did not stop in {timeout} s:\n{stacks}") from None
 
 
 async def serve_node(settings: Settings, uri: str, **kw: Any) -> Running:

@@ -100,10 +100,13 @@ async def test_a_scheduled_notification_that_expired_unsent_is_dropped(node, api
     await sock.expect("welcome")
     scheduler = node.node.scheduler
     await scheduler.stop()  # as if every node were down past its expiry
-    expires_at = on_a_whole_second(0.5)
+    # Its time a few seconds ahead: a slow request must not find it due already (that is
+    # sent at once, scheduler or not).
+    expires_at = on_a_whole_second(BEFORE_EXPIRY)
     created = await api.notify(
-        "p-1", deliver_at=iso(expires_at - timedelta(seconds=0.5)), expires_at=iso(expires_at)
+        "p-1", deliver_at=iso(expires_at - timedelta(seconds=1)), expires_at=iso(expires_at)
     )
+    assert created["cursor"] is None, "scheduled, not sent at once: the request was too slow"
     await wait_for(lambda: utcnow() > expires_at, what="its expiry")  # every node still down
     scheduler.start()
     await wait_for(lambda: _no_entries(scheduler), what="the entry to be dropped")

@@ -291,21 +291,6 @@ async def test_a_stream_can_leave_out_one_origins_inserts(mongo_uri, db_name):
         await client.close()
 
 
-def test_a_change_event_document_is_used_as_stored_only_when_its_types_are_certain():
-    from datetime import UTC, datetime
-
-    from server.app.store import as_stored
-
-    plain = {"_id": "a", "seq": 3, "created_at": datetime(2026, 12, 3, tzinfo=UTC), "data": {}}
-    assert as_stored(plain) == plain  # MongoDB: exact BSON types already
-    embedded = {"_id": "a", "seq": 3, "created_at": {"$date": "2026-12-03T15:28:12.123000"}}
-    assert as_stored(embedded)["created_at"] == datetime(2026, 12, 3, 15, 28, 12, 123000, UTC)
-    assert as_stored({"_id": {"$oid": "0" * 24}, "seq": 3}) is None
-    assert as_stored({"_id": "a", "data": {"when": {"$date": "2026-12-03T00:00:00"}}}) is None
-    assert as_stored({"_id": "a", "data": {"k": [1, {"$numberLong": "5"}]}}) is None
-    assert as_stored({"_id": "a", "created_at": {"$date": "not a date"}}) is None
-
-
 def test_unread_counts_follow_dispatches_and_reads_and_a_raced_load_is_not_kept():
     window = RecentFeed(1 << 20, per_user=10)
     window.reset(0)

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 7556  # the contract's (the seed's) port
+SHUTDOWN = 90  # seconds a stopping service may take (its embedded database too) when loaded
 
 
 def run_py(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
@@ -93,7 +94,7 @@ async def test_newcomer_flow_with_the_embedded_database(tmp_path):
         assert "newcomer" in listed.stdout and key not in listed.stdout
         proc.send_signal(signal.SIGTERM)
         assert await sock.closed() == 1001
-        output, _ = proc.communicate(timeout=30)
+        output, _ = await asyncio.to_thread(proc.communicate, timeout=SHUTDOWN)
         assert proc.returncode == 0, output
     finally:
         if proc.poll() is None:
@@ -142,7 +143,7 @@ async def test_data_survives_a_restart_and_sigint_also_stops_cleanly(tmp_path):
             await sock.expect("welcome")
             proc.send_signal(signal.SIGINT if round_ == 0 else signal.SIGTERM)
             assert await sock.closed() == 1001  # going away: reconnect
-            assert await asyncio.to_thread(proc.wait, 30) == 0
+            assert await asyncio.to_thread(proc.wait, SHUTDOWN) == 0
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -201,8 +202,14 @@ async def serve_until_ready(args: list[str], env: dict, cwd: Path, url: str) -> 
 
 
 async def stop(proc: subprocess.Popen) -> str:
+    """SIGTERM, and the service's output once it exited 0 (killed, and a failure, if not)."""
     proc.send_signal(signal.SIGTERM)
-    output, _ = await asyncio.to_thread(proc.communicate, timeout=30)
+    try:
+        output, _ = await asyncio.to_thread(proc.communicate, timeout=SHUTDOWN)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+        raise AssertionError(f"no exit {SHUTDOWN} s after SIGTERM:\n{output[-3000:]}") from None
     assert proc.returncode == 0, output
     return output
 
@@ -222,7 +229,10 @@ async def test_defaults_port_7556_and_data_in_dot_data(tmp_path):
         data = tmp_path / "data"
         assert data.is_dir() and any(data.iterdir()), "the embedded database is not in ./data"
     finally:
-        output = await stop(proc) if proc.poll() is None else proc.communicate()[0]
+        if proc.poll() is None:
+            output = await stop(proc)
+        else:
+            output = proc.communicate()[0]
     assert url in output and port_is_free(DEFAULT_PORT)
 
 

@@ -36,7 +36,7 @@ async def test_every_device_of_a_user_gets_it_and_others_do_not(node, api):
     created = await api.notify("p-1")
     assert (await phone.expect("notification"))["notification"]["id"] == created["id"]
     assert (await laptop.expect("notification"))["notification"]["id"] == created["id"]
-    await other.nothing()
+    await other.only_then((await api.notify("p-2", "sentinel"))["id"])  # p-1's never came
 
 
 async def test_read_on_one_device_updates_the_others(node, api):
@@ -164,7 +164,7 @@ async def test_replay_after_disconnect_in_order_without_repeats(node, api):
     assert done["cursor"] == missed[-1]["cursor"]
     live = await api.notify("p-1", "live")
     assert (await back.expect("notification"))["notification"]["id"] == live["id"]
-    await back.nothing()
+    await back.only_then((await api.notify("p-1", "sentinel"))["id"])  # none twice
 
 
 async def test_replay_beyond_the_limit_is_not_recovered(settings, mongo_uri):
@@ -243,7 +243,7 @@ async def test_a_cursor_beyond_the_feed_resumes_from_its_end_and_is_not_recovere
     assert (await sock.expect("replay_done"))["cursor"] == last["cursor"]
     live = await api.notify("p-1", "live")  # delivered, not held back until seq passes 1000
     assert (await sock.expect("notification"))["notification"]["id"] == live["id"]
-    await sock.nothing()
+    await sock.only_then((await api.notify("p-1", "sentinel"))["id"])  # none twice
 
 
 @pytest.mark.parametrize("since", ["-1", "abc", "1.5", "9" * 30])

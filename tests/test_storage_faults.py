@@ -26,7 +26,7 @@ from server.app.store import is_hidden
 from server.app.timeutil import utcnow
 from server.ops.embedded import EmbeddedMongo, free_port
 from tests.conftest import ALL_SCOPES
-from tests.support import WAIT, Api, Socket, serve_node, wait_for
+from tests.support import WAIT, Api, Socket, serve_node, stop_node, wait_for
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]  # each test starts a database server
 
@@ -78,13 +78,13 @@ async def nodes(database, settings):
     first = await serve_node(settings.with_(**TIMEOUTS, node_id="a"), database.uri)
     second = await serve_node(settings.with_(**TIMEOUTS, node_id="b"), database.uri)
     yield first, second
-    # A node that cannot stop (say, hung on the database) fails the test: never hidden.
+    # A node that cannot stop (say, hung on the database) fails the test, with the stacks
+    # of its tasks: never hidden.
     stopped = await asyncio.gather(
-        *(asyncio.wait_for(running.stop(), 20) for running in (first, second)),
-        return_exceptions=True,
+        *(stop_node(running) for running in (first, second)), return_exceptions=True
     )
-    failed = [repr(e) for e in stopped if isinstance(e, BaseException)]
-    assert not failed, f"a node did not stop cleanly: {failed}"
+    failed = [str(e) for e in stopped if isinstance(e, BaseException)]
+    assert not failed, "a node did not stop cleanly:\n" + "\n".join(failed)
 
 
 async def wait_ready(api: Api, within: float = 30.0) -> None:
@@ -212,7 +212,7 @@ async def test_reads_are_503_while_the_database_is_down(database, settings):
         await wait_ready(api)
         assert [i["title"] for i in (await api.get(READS[0]))["items"]] == ["before"]
     finally:
-        await asyncio.wait_for(running.stop(), 20)
+        await stop_node(running)
 
 
 async def test_database_that_hangs_gives_503_in_bounded_time_then_recovers(database, nodes):
@@ -328,7 +328,9 @@ async def test_a_batch_refused_halfway_is_hidden_and_never_delivered(database, n
         frame = await sock.expect("notification")
         assert frame["notification"]["title"] == "next"  # not "half" first
         assert int(frame["notification"]["cursor"]) > stored[0]["seq"]
-    await socks[1].nothing()
+    status, last = await send(api, "POST", "/v1/notifications", one("p-2", "sentinel"))
+    assert status == 201
+    await socks[1].only_then(last["id"])  # p-2 never got "half"
     # A reconnect replaying from before the refused batch does not bring it back either.
     back = await Socket.open(first.url, await Api(first.url, key).token("p-1"), since="0")
     await back.expect("welcome")

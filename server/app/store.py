@@ -385,32 +385,3 @@ def is_hidden(doc: dict) -> bool:
     if until is None or isinstance(until, datetime):
         return until is not None and until <= HIDDEN
     return str(until).startswith("1970-01-01")
-
-
-def as_stored(doc: dict) -> dict | None:
-    """A change event's full document as a read would return it, or None if unsure.
-
-    MongoDB sends BSON with exact types; the embedded server sends top-level dates as
-    ``{"$date": "<ISO 8601, UTC>"}``, which become aware datetimes here. Any other
-    extended-JSON value (a ``$``-key anywhere) leaves the document to be read back instead.
-    """
-    out = {}
-    for key, value in doc.items():
-        if type(value) is dict and len(value) == 1 and type(value.get("$date")) is str:
-            try:
-                value = datetime.fromisoformat(value["$date"])
-            except ValueError:
-                return None
-            value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-        elif _has_operator_key(value):
-            return None
-        out[key] = value
-    return out
-
-
-def _has_operator_key(value: Any) -> bool:
-    if type(value) is dict:
-        return any(k.startswith("$") or _has_operator_key(v) for k, v in value.items())
-    if type(value) is list:
-        return any(_has_operator_key(v) for v in value)
-    return False

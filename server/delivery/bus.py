@@ -31,7 +31,7 @@ from bson import ObjectId
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from server.app.metrics import METRICS
-from server.app.store import Store, as_stored
+from server.app.store import Store
 from server.app.timeutil import utcnow
 from server.delivery import wire
 from server.delivery.hub import Hub
@@ -249,13 +249,7 @@ class Bus:
     async def _on_notification(self, doc: dict) -> None:
         seq = doc.get("seq")
         if isinstance(seq, int):
-            # The next one in order, in a form the store would give back: dispatch it as it
-            # came, without reading it again (one query less per notification per node).
-            stored = as_stored(doc) if seq == self.hub.seq + 1 else None
-            if stored is not None:
-                await self.hub.deliver([stored])
-            else:
-                await self.hub.advance(seq)
+            await self.hub.advance(seq)
         else:  # not a plain number in the event (an unusual encoding): read from MongoDB
             await self.hub.catch_up()
 
