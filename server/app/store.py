@@ -93,6 +93,11 @@ class Store:
         mark = await self.meta.find_one({"_id": "seq"})
         return max(last["seq"] if last else 0, mark["high"] if mark else 0)
 
+    async def last_seq(self) -> int:
+        """The highest seq stored now (one indexed read; ``high_seq`` also reads the mark)."""
+        last = await self.notifications.find_one({}, {"seq": 1}, sort=[("seq", DESCENDING)])
+        return last["seq"] if last else 0
+
     async def append(self, docs: list[dict]) -> int:
         """Insert docs in seq order; returns how many went in before a seq was found taken.
 

@@ -241,6 +241,11 @@ class Notifications:
             # Nothing to read: what is stored after ``end`` reaches the socket through the hub.
             METRICS.replay_truncated.inc()
             return unread, Replay([], False, end, end)
+        if memory:
+            # The window holds what this node dispatched; what another node stored a moment
+            # ago may still be on its way here, and replay_done must follow everything stored
+            # before the connect: memory answers only when nothing stored is newer.
+            memory = self.hub.seq >= await self.store.last_seq()
         own = recent.replay(user_id, since, clock) if memory else None
         if not memory:
             REPLAY_FROM_DB.inc()
