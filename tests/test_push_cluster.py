@@ -15,12 +15,9 @@ import subprocess
 import pytest
 import pytest_asyncio
 
-from server.app.store import Store, connect
-from server.auth.credentials import ApiKeys
-from tests.conftest import ALL_SCOPES
 from tests.pushservice import PushServer
 from tests.support import Api
-from tests.test_webhooks_cluster import Nodes
+from tests.test_webhooks_cluster import Nodes, running
 from tests.webhook_receiver import until
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
@@ -60,14 +57,8 @@ class PushNodes(Nodes):
 @pytest_asyncio.fixture
 async def cluster(mongo_uri, db_name, tmp_path):
     nodes = PushNodes(mongo_uri, db_name, tmp_path, 3)
-    nodes.start()
-    client = connect(mongo_uri, 3000)
-    try:
-        key, _ = await ApiKeys(Store(client, db_name)).create("cluster", ALL_SCOPES)
-        yield nodes, key, client[db_name]
-    finally:
-        nodes.stop()
-        await client.close()
+    async with running(nodes, mongo_uri, db_name) as started:
+        yield started
 
 
 async def test_one_key_no_push_twice_none_lost_to_sigkill(cluster, push_server):

@@ -8,6 +8,7 @@ again, with the same ``webhook-id``, once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -111,9 +112,9 @@ async def receiver():
     await r.stop()
 
 
-@pytest_asyncio.fixture
-async def cluster(mongo_uri, db_name, tmp_path):
-    nodes = Nodes(mongo_uri, db_name, tmp_path, 3)
+@contextlib.asynccontextmanager
+async def running(nodes: Nodes, mongo_uri: str, db_name: str):
+    """Start the nodes; yield them, an API key with every scope and the database; stop them."""
     nodes.start()
     client = connect(mongo_uri, 3000)
     try:
@@ -122,6 +123,12 @@ async def cluster(mongo_uri, db_name, tmp_path):
     finally:
         nodes.stop()
         await client.close()
+
+
+@pytest_asyncio.fixture
+async def cluster(mongo_uri, db_name, tmp_path):
+    async with running(Nodes(mongo_uri, db_name, tmp_path, 3), mongo_uri, db_name) as started:
+        yield started
 
 
 async def test_a_node_killed_mid_send_leaves_the_event_to_another(cluster, receiver):
