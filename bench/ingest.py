@@ -35,8 +35,24 @@ BODY = {
 }
 
 
+# The closed loop (issue 15): a critical lab value that must be acknowledged, with a ladder.
+# Its timeline will hold deliveries, pushes, escalations and the acknowledgement; ingest
+# queues its push and its first escalation step (one queue write per batch).
+CLOSED_LOOP = {
+    **BODY,
+    "priority": "critical",
+    "ack_required": True,
+    "escalation": [
+        {"after_seconds": 3600, "to_role": "nurse"},
+        {"after_seconds": 7200, "to_user_ids": ["dr-7"]},
+    ],
+}
+QUEUE = "scheduled"  # the due-work queue (server/feed/scheduler.py)
+ROUNDS = 3  # alternating rounds of each body in the closed-loop comparison
+
+
 async def single(
-    server: Proc, seconds: float, path: str = "/v1/notifications"
+    server: Proc, seconds: float, path: str = "/v1/notifications", body: dict = BODY
 ) -> tuple[int, int, float]:
     """One notification per request from many connections; (stored, failed, seconds)."""
     ok = failed = 0
@@ -48,8 +64,7 @@ async def single(
         try:
             while time.monotonic() < stop:
                 i += 1
-                body = {**BODY, "user_id": f"s{n}-{i % 500}"}
-                status, _ = await conn.request("POST", path, body)
+                status, _ = await conn.request("POST", path, {**body, "user_id": f"s{n}-{i % 500}"})
                 ok += status == 201
                 failed += status != 201
         finally:
@@ -112,6 +127,49 @@ async def raw(service: Service, total: int) -> tuple[int, float]:
     return count, seconds
 
 
+async def closed_loop(service: Service, opts: Options, out: Report) -> None:
+    """Single-request ingest of plain notifications and of critical ones with
+    acknowledgement and a ladder, alternating rounds on the same service: what the timeline
+    and the closed loop cost the ingest path, and the timeline documents it wrote."""
+    seconds = opts.timed(DEFAULT_SECONDS) / 2
+    rates: dict[str, list[float]] = {"plain": [], "closed loop": []}
+    before = await counts(service)
+    for _ in range(ROUNDS):
+        for name, body in (("plain", BODY), ("closed loop", CLOSED_LOOP)):
+            ok, failed, took = await single(service, seconds, body=body)
+            rates[name].append(ok / took)
+            if failed:
+                out.line(f"{name}: {failed} requests failed")
+    after = await counts(service)
+    plain, loop = (sorted(r)[len(r) // 2] for r in rates.values())
+    out.line(
+        f"timeline: single-request ingest, median of {ROUNDS} alternating rounds of "
+        f"{seconds:.0f}s: plain {plain:.0f}/s, critical with ack_required and a 2-step "
+        f"ladder {loop:.0f}/s (ratio {loop / plain:.2f})"
+    )
+    out.line(
+        "timeline: written during these rounds: timeline documents "
+        f"{after['timeline'] - before['timeline']}, due-work queue entries "
+        f"{after['queue'] - before['queue']} (pushes and first escalation steps)"
+    )
+    out.target("timeline_writes_on_ingest", after["timeline"] - before["timeline"], 0)
+
+
+async def counts(service: Service) -> dict[str, int]:
+    """Documents in the timeline and in the due-work queue."""
+    from server.app.store import connect
+
+    client = connect(service.uri, 30000)
+    try:
+        db = client[service.db]
+        return {
+            "timeline": await db.timeline.count_documents({}),
+            "queue": await db[QUEUE].count_documents({}),
+        }
+    finally:
+        await client.close()
+
+
 async def stored_count(service: Service) -> int:
     """How many notifications the service's database holds."""
     from server.app.store import connect
@@ -172,6 +230,7 @@ async def run_service(opts: Options, out: Report, total: int) -> float:
         final = await stored_count(service)
         out.line(f"in database: {final} (accepted {ok + stored})")
         out.target("accepted_but_not_stored", ok + stored - final, 0)
+        await closed_loop(service, opts, out)
     finally:
         await service.stop()
     return single_rate

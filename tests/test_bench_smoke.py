@@ -24,7 +24,14 @@ EXPECTED = {
     "connections": ["service held=4/4", "baseline held=4/4", "ratio rss_per_conn"],
     "fanout": ["service connected=4 failed={}", "baseline connected=4 failed={}", "(4 clients)"],
     "latency": ["service at 200/s", "service at 1000/s", "baseline at 1000/s"],
-    "ingest": ["single:", "batched: 1000 stored", "raw insert_many: 1000", "ceiling"],
+    "ingest": [
+        "single:",
+        "batched: 1000 stored",
+        "raw insert_many: 1000",
+        "ceiling",
+        "critical with ack_required and a 2-step ladder",
+        "target timeline_writes_on_ingest: 0 (target <= 0) met",
+    ],
     "reconnect": ["service: 4/4 caught up", "lost=0 duplicated=0 out_of_order=0 failed={}"],
     "stalled": ["service: rss", "baseline: rss", "normal readers with all"],
     "cluster": [

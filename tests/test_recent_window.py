@@ -334,3 +334,65 @@ async def test_a_node_that_has_not_heard_out_its_stream_replays_from_the_databas
     assert [n["id"] for n in got] == [m["id"] for m in missed]
     assert welcome["unread_count"] == 3
     assert replays("database") == before + 1
+
+
+# ---- the census: users who may have unread notifications ----------------------------
+
+
+def test_the_census_rules_out_only_users_it_proves_have_nothing_unread(monkeypatch):
+    window = RecentFeed(1 << 20, per_user=10)
+    window.reset(0)
+    aud, shared = ("all", "patient"), [{"_id": "b1", "seq": 9}]
+    assert window.unread("p-3", aud, [], 0.0) is None  # no census yet: read MongoDB
+    window.begin_census()
+    window.record(doc(1, "p-2"), notification_frame(doc(1, "p-2")))  # while it reads
+    window.end_census({"p-1"})
+    assert window.unread("p-1", aud, [], 0.0) is None  # had some when counted
+    assert window.unread("p-2", aud, [], 0.0) is None  # got one while it counted
+    assert window.unread("p-4", aud, shared, 0.0) is None  # which broadcasts it read: unknown
+    assert window.unread("p-3", aud, [], 0.0) == 0  # nothing of its own, nothing shared
+    window.record(doc(2, "p-3"), notification_frame(doc(2, "p-3")))  # followed from then on
+    assert window.unread("p-3", aud, [], 0.0) == 1
+    window.forget_unread()
+    assert window.unread("p-3", aud, [], 0.0) is None  # now in the census: read MongoDB
+    window.begin_load("p-5")  # a read in flight wins over the census
+    assert window.unread("p-5", aud, [], 0.0) is None
+    window.end_census(None)  # a census that failed: nothing is ruled out
+    assert window.unread("p-6", aud, [], 0.0) is None
+    monkeypatch.setattr("server.delivery.recent.CENSUS_MAX", 2)
+    window.begin_census()
+    window.end_census({"a", "b"})
+    assert window.unread("p-7", aud, [], 0.0) == 0
+    window.record(doc(3, "c"), notification_frame(doc(3, "c")))  # past the bound: off
+    assert window.unread("p-8", aud, [], 0.0) is None
+
+
+@pytest.mark.asyncio
+async def test_a_user_the_census_rules_out_connects_with_no_read_of_their_notifications(
+    commands, settings, mongo_uri, node, api
+):
+    old = await api.notify("p-old", "stored before the second node started")
+    later = await serve_node(settings.with_(node_id="later"), mongo_uri)
+    try:
+        census = lambda: later.node.hub.recent.stats()["census_users"]  # noqa: E731
+        await wait_for(lambda: census() >= 0, what="the second node's census")
+        assert census() == 1  # p-old
+        commands.finds.clear()
+        sock = await Socket.open(later.url, await api.token("p-new"))
+        assert (await sock.expect("welcome"))["unread_count"] == 0
+        sock.close()
+        assert not [f for f in commands.finds if "user_id" in f], commands.finds
+        sock = await Socket.open(later.url, await api.token("p-old"))
+        assert (await sock.expect("welcome"))["unread_count"] == 1  # read from MongoDB
+        sock.close()
+        assert [f for f in commands.finds if "user_id" in f]
+        made = await api.notify("p-new", "after the census")
+        await wait_for(lambda: later.node.hub.seq >= int(made["cursor"]))
+        sock = await Socket.open(later.url, await api.token("p-new"))
+        assert (await sock.expect("welcome"))["unread_count"] == 1
+        sock.close()
+        await api.post(f"/v1/users/p-old/notifications/{old['id']}/read")
+        await later.node.notifications.census()  # taken again: p-old has nothing unread
+        assert census() == 1  # p-new
+    finally:
+        await later.stop()

@@ -132,6 +132,11 @@ class Metrics:
         self.replay_window_entries = Gauge(
             "notify_replay_window_entries", "notifications held by the recent window", registry=r
         )
+        self.unread_census = Gauge(
+            "notify_unread_census_users",
+            "users who may have unread notifications, as this node counts them (-1: off)",
+            registry=r,
+        )
 
 
 METRICS = Metrics()

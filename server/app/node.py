@@ -78,6 +78,7 @@ class Node:
     idempotency: Idempotency | None = None
     # The key of user-id pseudonyms in log lines; None writes user ids as they are.
     log_key: bytes | None = None
+    _census: asyncio.Task | None = None
     users: UserRecords | None = None
 
     @classmethod
@@ -192,6 +193,9 @@ class Node:
         self.hub.seq = await self.store.high_seq()
         self.hub.recent.reset(self.hub.seq)  # complete from here: it sees all that follows
         self.hub.recent.watch_gauges()
+        self._census = asyncio.create_task(
+            self.notifications.keep_census(self.hub.recent.max_age), name="census"
+        )
         self.sequencer.start()
         if self.scheduler is not None:
             await self.scheduler.store.create_indexes()
@@ -254,6 +258,9 @@ class Node:
         if self.dashboard is not None:
             await self.dashboard.stop()
         await self.cluster.stop()
+        if self._census is not None:
+            self._census.cancel()
+            await asyncio.gather(self._census, return_exceptions=True)
         await self.bus.stop()
         if self.scheduler is not None:
             await self.scheduler.stop()

@@ -190,6 +190,17 @@ class Store:
         docs = await self.notifications.find(query, {"_id": 1, "visible_until": 1}).to_list()
         return {d["_id"]: as_datetime(d["visible_until"]).timestamp() for d in docs}
 
+    async def users_with_unread(self, now: datetime, limit: int) -> set[str] | None:
+        """Every user with an unread, visible notification of their own; None past ``limit``."""
+        pipeline = [
+            {"$match": {"read_at": {"$eq": None}, "visible_until": {"$gt": now}}},
+            {"$group": {"_id": "$user_id"}},
+            {"$limit": limit + 2},  # + the broadcasts' None
+        ]
+        users = {d["_id"] async for d in await self.notifications.aggregate(pipeline)}
+        users.discard(None)
+        return users if len(users) <= limit else None
+
     async def broadcast_ids(self, audiences: list[str], now: datetime) -> list[str]:
         """Ids of the visible broadcasts to any of these audiences."""
         ids: list[str] = []

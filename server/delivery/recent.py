@@ -16,6 +16,17 @@ Unread counts are kept per user once read from MongoDB (``load``): every persona
 notification dispatched later adds to a user's unread set, every read event (from any node,
 through the bus) removes from it. A break of the event stream forgets them all (a read on
 another node could have been missed); so does age (``max_age``).
+
+Most users who connect have no unread notification of their own, and a node cannot tell
+them from the rest without a read, unless it keeps a census: the users who *may* have one.
+A census reads, once, every user with an unread visible notification stored so far (every
+seq up to the hub's, all stored: the sequencer leaves no gaps), and from its start adds
+every user the hub dispatches a personal notification to. A user outside it has none, so
+their count is the visible broadcasts they have not read, and with none visible needs no
+read at all. Reads and expiry only take notifications away, so the census may say "may"
+of a user who has none left (that user is read from MongoDB, as before), never the other
+way. It is bounded (``CENSUS_MAX`` users; past that it is off until the next census) and
+taken again every ``max_age`` to drop users who have read everything.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ ENTRY_OVERHEAD = 200
 AHEAD_MAX = 10_000  # ids changed before this node dispatched them (remembered, bounded)
 UNREAD_USERS_MAX = 200_000
 UNREAD_IDS_MAX = 1_000  # a user with more unread ids is not cached (read from MongoDB)
+CENSUS_MAX = 200_000  # users who may have unread notifications (about 20 MiB of ids)
 
 _REPLAY_FROM_MEMORY = METRICS.replay_memory.labels("memory")
 REPLAY_FROM_DB = METRICS.replay_memory.labels("database")
@@ -81,6 +93,10 @@ class RecentFeed:
         self._ahead: dict[str, str] = {}  # id -> user: changed before dispatched here
         self._unread: dict[str, _Unread] = {}
         self._loading: dict[str, _Loading] = {}
+        # Users who may have unread personal notifications; None: not known (no census yet,
+        # or past its bound). ``_counting``: users dispatched to while a census reads.
+        self._census: set[str] | None = None
+        self._counting: set[str] | None = None
 
     # ---- what the hub and the bus tell it ------------------------------------------------
 
@@ -101,6 +117,7 @@ class RecentFeed:
         visible_until = as_datetime(doc.get("visible_until"))
         until = visible_until.timestamp() if visible_until is not None else float("inf")
         changed = self._ahead.pop(doc_id, None) is not None
+        self._counted(user_id)
         if changed:  # read (or otherwise changed) before it reached this node
             self._floor[user_id] = seq
         else:
@@ -116,6 +133,29 @@ class RecentFeed:
             self._floor[user_id] = entries.popleft()[0]
         while self.bytes > self.max_bytes and self._order:
             self._evict()
+
+    def _counted(self, user_id: str) -> None:
+        """A personal notification was dispatched to this user: they may have it unread."""
+        census = self._census
+        if census is not None and user_id not in census:
+            census.add(user_id)
+            if len(census) > CENSUS_MAX:
+                self._census = None
+        if self._counting is not None:
+            self._counting.add(user_id)
+
+    def begin_census(self) -> None:
+        """A census read starts: what the hub dispatches from now on is counted in it."""
+        self._counting = set()
+
+    def end_census(self, users: set[str] | None) -> None:
+        """The census read ``users`` (None: it failed, or there were too many)."""
+        counting, self._counting = self._counting, None
+        if users is None or counting is None:
+            self._census = None
+            return
+        users |= counting
+        self._census = users if len(users) <= CENSUS_MAX else None
 
     def _count_unread(self, user_id: str, doc_id: str, until: float) -> None:
         loading = self._loading.get(user_id)
@@ -199,10 +239,23 @@ class RecentFeed:
             or state.audiences != audiences
             or time.monotonic() - state.loaded_at > self.max_age
         ):
-            return None
+            return self._unread_by_census(user_id, audiences, shared)
         own = sum(1 for until in state.personal.values() if until > now)
         read = state.read_shared
         return own + sum(1 for d in shared if d["_id"] not in read)
+
+    def _unread_by_census(self, user_id: str, audiences: tuple[str, ...], shared: list[dict]):
+        """0 for a user the census rules out, with no broadcast visible; else None."""
+        census = self._census
+        if census is None or user_id in census or shared or user_id in self._loading:
+            return None  # (which broadcasts a user has read is not known here)
+        self._keep(user_id, _Unread(audiences, {}, NOTHING, NOTHING, time.monotonic()))
+        return 0
+
+    def _keep(self, user_id: str, state: _Unread) -> None:
+        if len(self._unread) >= UNREAD_USERS_MAX:
+            del self._unread[next(iter(self._unread))]
+        self._unread[user_id] = state
 
     def begin_load(self, user_id: str) -> None:
         """A read of the user's unread state from MongoDB starts now."""
@@ -225,10 +278,8 @@ class RecentFeed:
         personal.update(loading.added)
         if len(personal) > UNREAD_IDS_MAX:
             return
-        if len(self._unread) >= UNREAD_USERS_MAX:
-            del self._unread[next(iter(self._unread))]
         read_shared = frozenset(read_shared) if read_shared else NOTHING
-        self._unread[user_id] = _Unread(audiences, personal, read_shared, NOTHING, time.monotonic())
+        self._keep(user_id, _Unread(audiences, personal, read_shared, NOTHING, time.monotonic()))
 
     # ---- reporting -----------------------------------------------------------------------
 
@@ -239,6 +290,7 @@ class RecentFeed:
             "users": len(self._by_user),
             "bytes": self.bytes,
             "unread_users": len(self._unread),
+            "census_users": -1 if self._census is None else len(self._census),
             "start": self.start or 0,
         }
 
@@ -246,3 +298,6 @@ class RecentFeed:
         """Report this window's size in ``/metrics`` (read when scraped)."""
         METRICS.replay_window_bytes.set_function(lambda: self.bytes)
         METRICS.replay_window_entries.set_function(lambda: len(self._order))
+        METRICS.unread_census.set_function(
+            lambda: -1 if self._census is None else len(self._census)
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -16,7 +17,12 @@ from server.app.store import FOREVER, Store
 from server.app.timeutil import utcnow
 from server.delivery.broadcast_cache import BroadcastCache
 from server.delivery.hub import Hub, notification_frame
-from server.delivery.recent import REPLAY_FROM_DB, UNREAD_FROM_DB, UNREAD_FROM_MEMORY
+from server.delivery.recent import (
+    CENSUS_MAX,
+    REPLAY_FROM_DB,
+    UNREAD_FROM_DB,
+    UNREAD_FROM_MEMORY,
+)
 from server.feed.render import public
 from server.feed.sequencer import Sequencer
 from server.feed.timeline import Timeline
@@ -201,6 +207,23 @@ class Notifications:
         if not shared:
             return {}
         return await self.store.read_map(user_id, shared)
+
+    async def census(self) -> None:
+        """Count the users who may have unread notifications (``RecentFeed``'s census)."""
+        recent, users = self.hub.recent, None
+        recent.begin_census()  # before any await: nothing dispatched from here is missed
+        try:
+            users = await self.store.users_with_unread(utcnow(), CENSUS_MAX)
+        except PyMongoError as exc:
+            log.warning("unread census failed: %s", type(exc).__name__)
+        finally:
+            recent.end_census(users)
+
+    async def keep_census(self, every: float) -> None:
+        """Take the census now and every ``every`` seconds (it drops users who read all)."""
+        while True:
+            await self.census()
+            await asyncio.sleep(every)
 
     async def unread_count(self, user_id: str, roles: tuple[str, ...]) -> int:
         """Unread, visible notifications and broadcasts of a user."""
