@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pymongo
 import pytest
 import pytest_asyncio
 
 from server.app.errors import OverCapacity
+from server.app.group_commit import GroupCommit
 from server.app.store import Store, connect
 from server.app.timeutil import utcnow
 from server.delivery.hub import Hub
@@ -168,6 +170,35 @@ async def test_sequencer_gives_concurrent_appends_one_gapless_order(store):
         assert own == list(range(own[0], own[0] + 3))
     assert delivered == sorted(delivered) == seqs
     assert await store.high_seq() == 60
+
+
+@pytest.mark.asyncio
+async def test_queue_writes_of_concurrent_callers_share_one_write_and_its_outcome(store):
+    from server.feed.scheduler import ScheduledStore
+
+    queue, writes = ScheduledStore(store.db), []
+
+    async def put_many(entries: list) -> None:
+        writes.append(len(entries))
+        if any(key.startswith("bad") for _, key, *_ in entries):
+            raise OSError("refused")  # what a failed write looks like to each caller
+        await queue.put_many(entries)
+
+    group = GroupCommit(put_many, timeout=5.0)
+    item = lambda key: ("push", key, 0, {}, None)  # noqa: E731
+    with pymongo.timeout(0.001):  # a caller's short deadline is its own, not the write's
+        await asyncio.sleep(0.01)
+        await asyncio.gather(*(group.add([item(f"k{i}"), item(f"k{i}b")]) for i in range(10)))
+    assert writes == [20]  # ten callers at once, one write
+    assert await queue.collection.count_documents({}) == 20
+    writes.clear()
+    first = asyncio.ensure_future(group.add([item("ok")]))
+    await asyncio.sleep(0)
+    joined = await asyncio.gather(group.add([item("bad")]), group.add([item("also")]), first,
+                                  return_exceptions=True)  # fmt: skip
+    assert [type(r).__name__ for r in joined] == ["OSError", "OSError", "NoneType"]
+    assert writes == [1, 2]  # the first alone; the two that waited for it, together
+    assert await queue.collection.count_documents({"_id": "also"}) == 0
 
 
 @pytest.mark.asyncio

@@ -134,6 +134,7 @@ class Node:
             store.retention,
             settings.schedule_lease_seconds,
             settings.schedule_poll_seconds,
+            settings.storage_timeout,
         )
         notifications.scheduler = scheduler
         cluster = ClusterPresence(

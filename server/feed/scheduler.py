@@ -40,6 +40,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from server.app.errors import Conflict, StorageUnavailable
+from server.app.group_commit import GroupCommit
 from server.app.metrics import METRICS
 from server.app.timeutil import millis, utcnow
 from server.feed.sequencer import Sequencer
@@ -259,6 +260,7 @@ class Scheduler:
         retention: timedelta,
         lease_seconds: float = 30.0,
         poll_seconds: float = 1.0,
+        write_timeout: float = 5.0,
     ):
         self.store = store
         self.sequencer = sequencer
@@ -272,6 +274,8 @@ class Scheduler:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self.handlers: dict[str, Handler] = {SEND: self._send}
+        # Planners of concurrent requests queue their work in one write.
+        self._queued = GroupCommit(self.store.put_many, write_timeout)
 
     def register(self, kind: str, handler: Handler) -> None:
         """Have ``handler`` do the entries of ``kind`` when they are due."""
@@ -293,12 +297,12 @@ class Scheduler:
         return added
 
     async def enqueue_many(self, work: list[tuple[str, str, datetime, dict, str | None]]) -> None:
-        """Queue several ``(kind, key, due_at, payload, ref)`` in one write (a planner's
-        batch); keys already queued stay as they are."""
+        """Queue several ``(kind, key, due_at, payload, ref)`` in one write with those of
+        other callers at the same moment; keys already queued stay as they are."""
         if not work:
             return
         entries = [(k, key, millis(due), p, ref) for k, key, due, p, ref in work]
-        await self.store.put_many(entries)
+        await self._queued.add(entries)
         earliest = min(e[2] for e in entries)
         if self._wake_ms is None or earliest < self._wake_ms:
             self._wake.set()
