@@ -456,6 +456,7 @@ async def test_quiet_hours_span_midnight_in_the_users_time_zone():
     assert quiet_until(None, at) is None
 
 
+@pytest.mark.slow  # quiet hours are minutes: it waits for the next one to begin (up to 70 s)
 async def test_quiet_hours_defer_until_they_end_once_across_a_restart(
     settings, mongo_uri, push_server
 ):
