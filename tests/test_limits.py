@@ -3,8 +3,11 @@ and never lock out a clinic behind one address that uses valid credentials.
 
 Each flood runs against a node with the default settings (tests/support.py leaves every
 limit at its default), from 127.0.0.1, with ten requests in flight. A flood stops at its
-first 429; the test checks that it came within a second and after no more requests than
-the bucket allows (its burst, what it refilled meanwhile, and those in flight).
+first 429; the test checks that no more requests were answered before it than one second
+of the bucket allows (its burst, one second of refill, and those in flight): a flood of
+that many requests a second meets the limit within the second. The count, not the clock,
+is asserted: on a loaded machine the flood itself is slower than that (the test prints
+how long it took), which says nothing about the limit.
 """
 
 from __future__ import annotations
@@ -45,11 +48,10 @@ class Flood:
     refusal: HTTPResponse | None
 
     def met(self, rate: float, burst: int) -> None:
-        """The limit (rate, burst) refused this flood within a second, on time."""
+        """The limit (rate, burst) refused this flood within one second's worth of it."""
         assert self.refusal is not None, f"no 429 after {self.allowed} requests"
         print(f"first 429 after {self.allowed} answers, {self.seconds * 1000:.0f} ms")
-        assert self.seconds < 1.0, self.seconds
-        assert self.allowed <= burst + rate * self.seconds + IN_FLIGHT
+        assert self.allowed <= burst + rate * min(self.seconds, 1.0) + IN_FLIGHT
         assert int(self.refusal.headers["Retry-After"]) >= 1
         error = json.loads(self.refusal.body)
         assert error["success"] is False and error["error"]["code"] == "rate_limited"
@@ -253,7 +255,7 @@ async def test_wrong_passwords_slow_that_address_and_never_the_owner_elsewhere(s
             codes.append(resp.code)
         took = time.perf_counter() - start
         print(f"login: first 429 after {len(codes) - 1} attempts, {took * 1000:.0f} ms")
-        assert codes[-1] == 429 and took < 1.0
+        assert codes[-1] == 429  # (the count, not the clock: see the module's docstring)
         assert len(codes) == DEFAULTS.login_free_failures + 2  # the free ones, one delayed
         assert int(resp.headers["Retry-After"]) >= 1
         # The right password from the attacker's address waits too...
@@ -292,7 +294,6 @@ async def test_password_spraying_from_one_address_meets_its_limit(settings, mong
         took = time.perf_counter() - start
         print(f"spraying: first 429 after {len(codes) - 1} attempts, {took * 1000:.0f} ms")
         assert codes[-1] == 429 and len(codes) == DEFAULTS.rate_login_ip_burst + 1
-        assert took < 1.0
         locks = await running.node.audit.recent(action="staff.login_locked")
         assert [e["detail"]["scope"] for e in locks] == ["address"]
         elsewhere = Browser(running.url)
