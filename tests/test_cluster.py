@@ -12,126 +12,42 @@ a row on a loaded machine to be taken for dead) so that bounds are checked in se
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 
 from server.app.metrics import METRICS
-from server.app.store import Store, connect
-from server.auth.credentials import ApiKeys
+from server.app.store import connect
 from server.ops.embedded import EmbeddedMongo, free_port
 from tests.conftest import ALL_SCOPES
-from tests.support import TOKEN_SECRET, WAIT, Api, ApiError, Socket, serve_node, wait_for
+from tests.nodes import Nodes, make_key
+from tests.support import WAIT, Api, ApiError, Socket, serve_node, wait_for
 
 pytestmark = pytest.mark.asyncio
 slow = pytest.mark.slow  # the tests that start processes
 
-ROOT = Path(__file__).resolve().parent.parent
 HEARTBEAT, TIMEOUT = 0.5, 4.0
 BOUND = TIMEOUT + HEARTBEAT + 4.0  # dead node gone from presence: timeout, a beat, slack
 
 
-class Cluster:
-    """The embedded server and three node processes of this module."""
+class Cluster(Nodes):
+    """The embedded server of this module and three node processes on it."""
 
     def __init__(self, folder: Path):
-        self.folder = folder
         self.embedded = EmbeddedMongo(folder / "mongo", port=free_port())
-        self.db = f"cluster_{uuid.uuid4().hex[:10]}"
-        self.ports = [free_port() for _ in range(3)]
-        self.procs: list[subprocess.Popen | None] = [None, None, None]
-        self.key = ""
-
-    def url(self, i: int) -> str:
-        return f"http://127.0.0.1:{self.ports[i]}"
-
-    def start_node(self, i: int) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}
-        env |= {
-            "MONGODB_URI": self.embedded.uri,
-            "NOTIFY_MONGODB_DB": self.db,
-            "NOTIFY_TOKEN_SECRET": TOKEN_SECRET,
-            "NOTIFY_NODE_ID": f"node-{i}",
-            "NOTIFY_DATA_DIR": str(self.folder),
+        env = {
             "NOTIFY_HEARTBEAT_SECONDS": str(HEARTBEAT),
             "NOTIFY_NODE_TIMEOUT_SECONDS": str(TIMEOUT),
             "NOTIFY_MONGODB_TIMEOUT_MS": "1000",
-            "NOTIFY_LOG_LEVEL": "WARNING",
         }
-        log = open(self.folder / f"node-{i}.log", "ab")  # noqa: SIM115 - the child keeps it
-        self.procs[i] = subprocess.Popen(
-            [sys.executable, "run.py", "--port", str(self.ports[i])],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-
-    def wait_ready(self, i: int, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            proc = self.procs[i]
-            assert proc is not None and proc.poll() is None, self.log(i)
-            try:
-                if _http_get(self.url(i) + "/readyz")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"node {i} not ready:\n{self.log(i)}")
-
-    def log(self, i: int) -> str:
-        return (self.folder / f"node-{i}.log").read_text()[-3000:]
-
-    def kill(self, i: int) -> None:
-        """kill -9: no cleanup of any kind."""
-        proc = self.procs[i]
-        assert proc is not None
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        super().__init__(self.embedded.uri, f"cluster_{uuid.uuid4().hex[:10]}", folder, 3, env)
+        self.key = ""
 
     def stop(self) -> None:
-        for proc in self.procs:
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            if proc is not None:
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        super().stop()
         self.embedded.stop()
-
-    def metric(self, i: int, name: str, labels: str = "") -> float:
-        """A counter's value on node ``i`` (its /metrics page)."""
-        text = _http_get(self.url(i) + "/metrics")[1]
-        pattern = rf"^{re.escape(name)}(?:\{{{re.escape(labels)}\}})? ([0-9.e+]+)$"
-        found = re.search(pattern, text, re.MULTILINE)
-        return float(found.group(1)) if found else 0.0
-
-
-def _http_get(url: str) -> tuple[int, str]:
-    """A blocking GET of a local http:// URL (readiness and metrics)."""
-    assert url.startswith("http://127.0.0.1:")
-    with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - http only, above
-        return resp.status, resp.read().decode()
-
-
-async def _make_key(uri: str, db: str) -> str:
-    client = connect(uri, 3000)
-    try:
-        key, _ = await ApiKeys(Store(client, db)).create("cluster-tests", ALL_SCOPES)
-        return key
-    finally:
-        await client.close()
 
 
 @pytest.fixture(scope="module")
@@ -139,11 +55,8 @@ def cluster(tmp_path_factory):
     c = Cluster(tmp_path_factory.mktemp("cluster"))
     c.embedded.start()
     try:
-        for i in range(3):  # all three at once on a fresh database: index creation races
-            c.start_node(i)
-        for i in range(3):
-            c.wait_ready(i)
-        c.key = asyncio.run(_make_key(c.embedded.uri, c.db))
+        c.start()  # all three at once on a fresh database: index creation races
+        c.key = asyncio.run(make_key(c.uri, c.db))
         yield c
     finally:
         c.stop()

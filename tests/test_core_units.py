@@ -202,6 +202,33 @@ async def test_queue_writes_of_concurrent_callers_share_one_write_and_its_outcom
 
 
 @pytest.mark.asyncio
+async def test_sockets_connecting_during_a_broadcast_load_share_it(store):
+    from server.delivery.broadcast_cache import BroadcastCache
+
+    hub, reads = hub_with({}), []
+    cache = BroadcastCache(store, hub)
+    real = store.visible_broadcasts
+
+    async def counted(audience, now):
+        reads.append(audience)
+        return await real(audience, now)
+
+    store.visible_broadcasts = counted
+    now = utcnow()
+    await asyncio.gather(*(cache.visible(["all", "patient"], now) for _ in range(50)))
+    assert sorted(reads) == ["all", "patient"]  # one load per audience, not one per socket
+    await cache.visible(["all"], now)
+    assert len(reads) == 2  # and then from memory
+    hub.broadcasts_seen += 1  # a newer broadcast: the next connect loads again, once
+    waiting = [asyncio.ensure_future(cache.visible(["all"], now)) for _ in range(5)]
+    await asyncio.sleep(0)
+    hub.broadcasts_seen += 1  # dispatched while that load ran: the later ones start a newer
+    waiting += [asyncio.ensure_future(cache.visible(["all"], now)) for _ in range(5)]
+    await asyncio.gather(*waiting)
+    assert reads[2:] == ["all", "all"]
+
+
+@pytest.mark.asyncio
 async def test_feed_read_state_and_unread_count(store):
     sequencer = Sequencer(store, _nothing)
     sequencer.start()

@@ -10,14 +10,13 @@ normal (found by the sweep) notifications, each exactly once.
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 import pytest_asyncio
 
+from tests.nodes import Nodes, running
 from tests.pushservice import PushServer
 from tests.support import Api
-from tests.test_webhooks_cluster import Nodes, running
+from tests.test_webhooks_cluster import ENV  # the outbound and queue settings, and these:
 from tests.webhook_receiver import until
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
@@ -38,26 +37,10 @@ async def push_server():
     await server.stop()
 
 
-class PushNodes(Nodes):
-    """The webhook cluster test's node processes, with push settings on top."""
-
-    def start(self) -> None:
-        real = subprocess.Popen
-
-        def popen(args, env, **kw):
-            return real(args, env={**env, **PUSH_ENV}, **kw)
-
-        subprocess.Popen = popen  # Nodes.start builds each node's environment itself
-        try:
-            super().start()
-        finally:
-            subprocess.Popen = real
-
-
 @pytest_asyncio.fixture
 async def cluster(mongo_uri, db_name, tmp_path):
-    nodes = PushNodes(mongo_uri, db_name, tmp_path, 3)
-    async with running(nodes, mongo_uri, db_name) as started:
+    nodes = Nodes(mongo_uri, db_name, tmp_path, 3, {**ENV, **PUSH_ENV})
+    async with running(nodes) as started:
         yield started
 
 

@@ -8,101 +8,24 @@ again, with the same ``webhook-id``, once.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
-
 import pytest
 import pytest_asyncio
 
-from server.app.store import Store, connect
-from server.auth.credentials import ApiKeys
-from server.ops.embedded import free_port
-from tests.conftest import ALL_SCOPES
-from tests.support import TOKEN_SECRET, Api
+from tests.nodes import Nodes, running
+from tests.support import Api
 from tests.webhook_receiver import Receiver, until
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parent.parent
 LEASE, TIMEOUT = 1.0, 2.0  # a claimed attempt is the node's for LEASE + TIMEOUT seconds
-
-
-class Nodes:
-    """Node processes on one database."""
-
-    def __init__(self, uri: str, db: str, folder: Path, count: int):
-        self.uri, self.db, self.folder = uri, db, folder
-        self.ports = [free_port() for _ in range(count)]
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def url(self, i: int) -> str:
-        return f"http://127.0.0.1:{self.ports[i]}"
-
-    def start(self) -> None:
-        for i, port in enumerate(self.ports):
-            env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}
-            env |= {
-                "MONGODB_URI": self.uri,
-                "NOTIFY_MONGODB_DB": self.db,
-                "NOTIFY_TOKEN_SECRET": TOKEN_SECRET,
-                "NOTIFY_NODE_ID": f"node-{i}",
-                "NOTIFY_DATA_DIR": str(self.folder),
-                "NOTIFY_LOG_LEVEL": "WARNING",
-                "NOTIFY_OUTBOUND_ALLOW_PRIVATE": "true",
-                "NOTIFY_WEBHOOK_RETRY_SECONDS": "0.5,0.5",
-                "NOTIFY_WEBHOOK_TIMEOUT_SECONDS": str(TIMEOUT),
-                "NOTIFY_SCHEDULE_LEASE_SECONDS": str(LEASE),
-                "NOTIFY_SCHEDULE_POLL_SECONDS": "0.1",
-                "NOTIFY_WEBHOOK_CACHE_SECONDS": "0.2",
-            }
-            log = open(self.folder / f"node-{i}.log", "ab")  # noqa: SIM115 - the child keeps it
-            self.procs[f"node-{i}"] = subprocess.Popen(
-                [sys.executable, "run.py", "--port", str(port)],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-        for i in range(len(self.ports)):
-            self.wait_ready(i)
-
-    def wait_ready(self, i: int, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.procs[f"node-{i}"].poll() is None, self.log(i)
-            try:
-                with urllib.request.urlopen(self.url(i) + "/readyz", timeout=2) as resp:  # noqa: S310
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"node {i} not ready:\n{self.log(i)}")
-
-    def log(self, i: int) -> str:
-        return (self.folder / f"node-{i}.log").read_text()[-3000:]
-
-    def kill(self, node_id: str) -> None:
-        """kill -9: no cleanup of any kind."""
-        proc = self.procs[node_id]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+ENV = {
+    "NOTIFY_OUTBOUND_ALLOW_PRIVATE": "true",  # the receiver is on 127.0.0.1
+    "NOTIFY_WEBHOOK_RETRY_SECONDS": "0.5,0.5",
+    "NOTIFY_WEBHOOK_TIMEOUT_SECONDS": str(TIMEOUT),
+    "NOTIFY_SCHEDULE_LEASE_SECONDS": str(LEASE),
+    "NOTIFY_SCHEDULE_POLL_SECONDS": "0.1",
+    "NOTIFY_WEBHOOK_CACHE_SECONDS": "0.2",
+}
 
 
 @pytest_asyncio.fixture
@@ -112,22 +35,9 @@ async def receiver():
     await r.stop()
 
 
-@contextlib.asynccontextmanager
-async def running(nodes: Nodes, mongo_uri: str, db_name: str):
-    """Start the nodes; yield them, an API key with every scope and the database; stop them."""
-    nodes.start()
-    client = connect(mongo_uri, 3000)
-    try:
-        key, _ = await ApiKeys(Store(client, db_name)).create("cluster", ALL_SCOPES)
-        yield nodes, key, client[db_name]
-    finally:
-        nodes.stop()
-        await client.close()
-
-
 @pytest_asyncio.fixture
 async def cluster(mongo_uri, db_name, tmp_path):
-    async with running(Nodes(mongo_uri, db_name, tmp_path, 3), mongo_uri, db_name) as started:
+    async with running(Nodes(mongo_uri, db_name, tmp_path, 3, ENV)) as started:
         yield started
 
 

@@ -103,8 +103,9 @@ class ConnectionProtocol:
                 unread, replay = await self.notifications.on_connect(
                     principal.id, sub.roles, since, self.hub.seq
                 )
-        except PyMongoError:
+        except PyMongoError as exc:
             METRICS.storage_errors.inc()
+            log.warning("a connect's read failed (%s): closed 1013", type(exc).__name__)
             return peer.close(TRY_LATER, "storage unavailable; retry")
         if peer.subscription is None:  # closed while we waited
             return

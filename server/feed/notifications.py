@@ -12,6 +12,7 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from server.app.errors import Conflict, NotFound, StorageUnavailable, ValidationFailed
+from server.app.group_commit import GroupCommit
 from server.app.metrics import METRICS, child
 from server.app.store import FOREVER, Store
 from server.app.timeutil import utcnow
@@ -75,6 +76,9 @@ class Notifications:
         self.users = None  # the node's last-seen records (UserRecords), set by the app
         self.critical_ack = timedelta(seconds=300)  # the node sets critical_ack_seconds
         self.broadcasts = BroadcastCache(store, hub)  # read on every connect: kept in memory
+        # The feed's end, read once for all the reconnects that asked while the last read
+        # was on its way (each needs a read that began after it asked; a storm shares them).
+        self._feed_end = GroupCommit(lambda _: store.last_seq(), sequencer.write_timeout)
 
     # ---- create ------------------------------------------------------------------------
 
@@ -268,7 +272,7 @@ class Notifications:
             # The window holds what this node dispatched; what another node stored a moment
             # ago may still be on its way here, and replay_done must follow everything stored
             # before the connect: memory answers only when nothing stored is newer.
-            memory = self.hub.seq >= await self.store.last_seq()
+            memory = self.hub.seq >= await self._feed_end.add([])
         own = recent.replay(user_id, since, clock) if memory else None
         if not memory:
             REPLAY_FROM_DB.inc()
