@@ -251,6 +251,42 @@ async def test_an_ack_within_the_grace_period_means_no_push(settings, mongo_uri,
         await running.stop()
 
 
+async def test_the_sweep_reads_only_notifications_past_their_grace_period(
+    settings, mongo_uri, push_server, db_name
+):
+    """Reading the young ones too (a page of them every sweep) held MongoDB up for every
+    write: the sweep bounds its read by what its node had dispatched a grace period ago."""
+    from pymongo import monitoring
+
+    grace, read = 1.5, []
+
+    class Reads(monitoring.CommandListener):
+        def started(self, event):
+            pass
+
+        def succeeded(self, event):
+            cursor = event.reply.get("cursor", {}) if event.command_name == "find" else {}
+            if event.database_name == db_name and cursor.get("ns", "").endswith(".notifications"):
+                read.append((time.time(), cursor.get("firstBatch", [])))
+
+        def failed(self, event):
+            pass
+
+    monitoring.register(Reads())  # for the clients made from now on: the node's
+    running, api = await start(settings, mongo_uri, push_server, push_grace_seconds=grace)
+    try:
+        await subscribe(api, push_server, "p-1")
+        sent = [await lab(api, "p-1") for _ in range(3)]
+        await push_server.wait_for(lambda: len(push_server.to("p-1")) == 3)
+        await asyncio.sleep(0.5)  # a few sweeps more with nothing left to push
+        swept = [(at, d) for at, batch in read for d in batch if set(d) >= {"seq", "created_at"}]
+        assert {d["_id"] for _, d in swept} >= {n["id"] for n in sent}
+        for at, doc in swept:  # none younger than the grace period when it was read
+            assert at - doc["created_at"].replace(tzinfo=UTC).timestamp() >= grace - 0.05
+    finally:
+        await running.stop()
+
+
 async def test_critical_is_pushed_at_once_whatever_the_sockets_did(
     settings, mongo_uri, push_server
 ):

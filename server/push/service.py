@@ -26,6 +26,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
+from collections import deque
 from datetime import datetime, timedelta
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -93,6 +95,9 @@ class PushService:
         self.vapid: Vapid | None = None
         self.sender: Sender | None = None
         self._deadline: float | None = None  # the batch being sent starts no request after it
+        # (monotonic time, this node's hub seq) at each sweep here: what it had dispatched by
+        # then was sent by then, so a grace period later all of it is old enough to push.
+        self._marks: deque[tuple[float, int]] = deque()
 
     # ---- life ----------------------------------------------------------------------------
 
@@ -181,9 +186,14 @@ class PushService:
         now = utcnow()
         state = await self.state.find_one({"_id": "sweep"}) or {"after": 0}
         horizon = now - timedelta(seconds=self.settings.push_grace_seconds)
-        page = await self.docs.find(
-            {"seq": {"$gt": state["after"]}}, SWEEP_FIELDS, sort=[("seq", 1)], limit=PAGE
-        ).to_list()
+        # Only what is past its grace period: reading the younger ones too (up to a page of
+        # them, every sweep) only to stop at the first held MongoDB up for every write.
+        after, bound = state["after"], self._old_enough()
+        page = []
+        if bound > after:
+            page = await self.docs.find(
+                {"seq": {"$gt": after, "$lte": bound}}, SWEEP_FIELDS, sort=[("seq", 1)], limit=PAGE
+            ).to_list()
         ready = []
         for doc in page:
             if sent_at(doc) > horizon:
@@ -203,6 +213,16 @@ class PushService:
             await self.state.update_one({"_id": "sweep"}, {"$max": {"after": ready[-1]["seq"]}})
         pause = 0.0 if len(ready) == PAGE else self.settings.push_sweep_seconds
         return {e["_id"]: millis(now) + int(pause * 1000) for e in entries}
+
+    def _old_enough(self) -> int:
+        """The highest seq this node had dispatched a grace period ago; 0 if it was not
+        sweeping yet (a node that just took the sweep over starts a grace period later)."""
+        clock, marks = time.monotonic(), self._marks
+        marks.append((clock, self.notifications.hub.seq))
+        cutoff = clock - self.settings.push_grace_seconds
+        while len(marks) > 1 and marks[1][0] <= cutoff:
+            marks.popleft()
+        return marks[0][1] if marks[0][0] <= cutoff else 0
 
     # ---- sending -----------------------------------------------------------------------
 
