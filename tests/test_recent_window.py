@@ -344,27 +344,42 @@ def test_the_census_rules_out_only_users_it_proves_have_nothing_unread(monkeypat
     window.reset(0)
     aud, shared = ("all", "patient"), [{"_id": "b1", "seq": 9}]
     assert window.unread("p-3", aud, [], 0.0) is None  # no census yet: read MongoDB
-    window.begin_census()
+    window.begin_census(0)
     window.record(doc(1, "p-2"), notification_frame(doc(1, "p-2")))  # while it reads
     window.end_census({"p-1"})
+    assert window.census_users == 2
     assert window.unread("p-1", aud, [], 0.0) is None  # had some when counted
-    assert window.unread("p-2", aud, [], 0.0) is None  # got one while it counted
     assert window.unread("p-4", aud, shared, 0.0) is None  # which broadcasts it read: unknown
     assert window.unread("p-3", aud, [], 0.0) == 0  # nothing of its own, nothing shared
     window.record(doc(2, "p-3"), notification_frame(doc(2, "p-3")))  # followed from then on
     assert window.unread("p-3", aud, [], 0.0) == 1
-    window.forget_unread()
-    assert window.unread("p-3", aud, [], 0.0) is None  # now in the census: read MongoDB
-    window.begin_load("p-5")  # a read in flight wins over the census
+    assert window.unread("p-2", aud, [], 0.0) == 1  # got one since: it is in the window
+    window.record(doc(3, "p-5"), notification_frame(doc(3, "p-5")))
+    window.changed("p-5", ["n3"], read=True)  # read since: its frame here is stale
     assert window.unread("p-5", aud, [], 0.0) is None
-    window.end_census(None)  # a census that failed: nothing is ruled out
+    window.begin_load("p-6")  # a read in flight wins over the census
+    window.record(doc(4, "p-6"), notification_frame(doc(4, "p-6")))
     assert window.unread("p-6", aud, [], 0.0) is None
+    window.record(doc(5, "p-7"), notification_frame(doc(5, "p-7")))
+    window.forget_unread()  # a read event may have been missed: the window cannot say
+    assert window.unread("p-7", aud, [], 0.0) is None
+    assert window.unread("p-8", aud, [], 0.0) == 0  # but nobody gave p-8 anything
+    window.end_census(None)  # a census that failed: nothing is ruled out
+    assert window.unread("p-9", aud, [], 0.0) is None
     monkeypatch.setattr("server.delivery.recent.CENSUS_MAX", 2)
-    window.begin_census()
-    window.end_census({"a", "b"})
-    assert window.unread("p-7", aud, [], 0.0) == 0
-    window.record(doc(3, "c"), notification_frame(doc(3, "c")))  # past the bound: off
-    assert window.unread("p-8", aud, [], 0.0) is None
+    window.begin_census(5)
+    window.end_census({"a"})
+    assert window.unread("p-10", aud, [], 0.0) == 0
+    window.record(doc(6, "p-11"), notification_frame(doc(6, "p-11")))
+    assert window.unread("p-11", aud, [], 0.0) == 1  # {"a", "p-11"}: at the bound
+    window.record(doc(7, "c"), notification_frame(doc(7, "c")))  # past the bound: off
+    assert window.unread("p-12", aud, [], 0.0) is None
+    window.begin_census(7)
+    window.record(doc(8, "e"), notification_frame(doc(8, "e")))  # counted in the next
+    window.reset(8)  # a failed write's leftovers: the window starts again
+    window.end_census(set())
+    assert window.unread("e", aud, [], 0.0) is None  # the window no longer proves it
+    assert window.unread("p-13", aud, [], 0.0) == 0
 
 
 @pytest.mark.asyncio
@@ -386,13 +401,17 @@ async def test_a_user_the_census_rules_out_connects_with_no_read_of_their_notifi
         assert (await sock.expect("welcome"))["unread_count"] == 1  # read from MongoDB
         sock.close()
         assert [f for f in commands.finds if "user_id" in f]
-        made = await api.notify("p-new", "after the census")
+        for user in ("p-new", "p-moved"):  # p-moved: never seen by this node
+            made = await api.notify(user, "after the census")
         await wait_for(lambda: later.node.hub.seq >= int(made["cursor"]))
-        sock = await Socket.open(later.url, await api.token("p-new"))
-        assert (await sock.expect("welcome"))["unread_count"] == 1
-        sock.close()
+        commands.finds.clear()
+        for user in ("p-new", "p-moved"):  # what they got since the census is in the window
+            sock = await Socket.open(later.url, await api.token(user))
+            assert (await sock.expect("welcome"))["unread_count"] == 1
+            sock.close()
+        assert not [f for f in commands.finds if "user_id" in f], commands.finds
         await api.post(f"/v1/users/p-old/notifications/{old['id']}/read")
         await later.node.notifications.census()  # taken again: p-old has nothing unread
-        assert census() == 1  # p-new
+        assert census() == 2  # p-new, p-moved
     finally:
         await later.stop()

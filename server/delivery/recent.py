@@ -23,10 +23,15 @@ A census reads, once, every user with an unread visible notification stored so f
 seq up to the hub's, all stored: the sequencer leaves no gaps), and from its start adds
 every user the hub dispatches a personal notification to. A user outside it has none, so
 their count is the visible broadcasts they have not read, and with none visible needs no
-read at all. Reads and expiry only take notifications away, so the census may say "may"
-of a user who has none left (that user is read from MongoDB, as before), never the other
-way. It is bounded (``CENSUS_MAX`` users; past that it is off until the next census) and
-taken again every ``max_age`` to drop users who have read everything.
+read at all. A user it read none for, but who got notifications since it began (the
+morning's patients, the clients of a node that died), has exactly those unread: they are
+all in the window (its start and the user's floor at or before the census's seq) and none
+changed since (a read or an acknowledgement raises the user's floor), as long as no read
+event can have been missed since the census (a break of the event stream ends that until
+the next census). Reads and expiry only take notifications away, so the census may say
+"may" of a user who has none left (that user is read from MongoDB, as before), never the
+other way. It is bounded (``CENSUS_MAX`` users; past that it is off until the next
+census) and taken again every ``max_age`` to drop users who have read everything.
 """
 
 from __future__ import annotations
@@ -93,10 +98,15 @@ class RecentFeed:
         self._ahead: dict[str, str] = {}  # id -> user: changed before dispatched here
         self._unread: dict[str, _Unread] = {}
         self._loading: dict[str, _Loading] = {}
-        # Users who may have unread personal notifications; None: not known (no census yet,
-        # or past its bound). ``_counting``: users dispatched to while a census reads.
-        self._census: set[str] | None = None
+        # The census: users who may have had unread personal notifications when it read
+        # (``_had``; None: not known, no census yet or past its bound), users dispatched to
+        # since it began (``_since``) and its seq (None once a read event may have been
+        # missed). ``_counting``: users dispatched to while the next census reads.
+        self._had: set[str] | None = None
+        self._since: set[str] = set()
+        self._census_seq: int | None = None
         self._counting: set[str] | None = None
+        self._counting_seq = 0
 
     # ---- what the hub and the bus tell it ------------------------------------------------
 
@@ -136,26 +146,25 @@ class RecentFeed:
 
     def _counted(self, user_id: str) -> None:
         """A personal notification was dispatched to this user: they may have it unread."""
-        census = self._census
-        if census is not None and user_id not in census:
-            census.add(user_id)
-            if len(census) > CENSUS_MAX:
-                self._census = None
+        if self._had is not None and user_id not in self._since:
+            self._since.add(user_id)
+            if len(self._had) + len(self._since) > CENSUS_MAX:
+                self._had = None
         if self._counting is not None:
             self._counting.add(user_id)
 
-    def begin_census(self) -> None:
-        """A census read starts: what the hub dispatches from now on is counted in it."""
-        self._counting = set()
+    def begin_census(self, seq: int) -> None:
+        """A census read starts at the hub's ``seq``: what is dispatched from now on is
+        counted in it."""
+        self._counting, self._counting_seq = set(), seq
 
     def end_census(self, users: set[str] | None) -> None:
         """The census read ``users`` (None: it failed, or there were too many)."""
         counting, self._counting = self._counting, None
-        if users is None or counting is None:
-            self._census = None
+        if users is None or counting is None or len(users) + len(counting) > CENSUS_MAX:
+            self._had = None
             return
-        users |= counting
-        self._census = users if len(users) <= CENSUS_MAX else None
+        self._had, self._since, self._census_seq = users, counting, self._counting_seq
 
     def _count_unread(self, user_id: str, doc_id: str, until: float) -> None:
         loading = self._loading.get(user_id)
@@ -210,6 +219,7 @@ class RecentFeed:
     def forget_unread(self) -> None:
         """The event stream broke: reads on other nodes may have been missed."""
         self._unread.clear()
+        self._census_seq = None  # the window's entries may be read: until the next census
         for loading in self._loading.values():
             loading.dirty = True
 
@@ -239,18 +249,28 @@ class RecentFeed:
             or state.audiences != audiences
             or time.monotonic() - state.loaded_at > self.max_age
         ):
-            return self._unread_by_census(user_id, audiences, shared)
+            return self._unread_by_census(user_id, audiences, shared, now)
         own = sum(1 for until in state.personal.values() if until > now)
         read = state.read_shared
         return own + sum(1 for d in shared if d["_id"] not in read)
 
-    def _unread_by_census(self, user_id: str, audiences: tuple[str, ...], shared: list[dict]):
-        """0 for a user the census rules out, with no broadcast visible; else None."""
-        census = self._census
-        if census is None or user_id in census or shared or user_id in self._loading:
-            return None  # (which broadcasts a user has read is not known here)
-        self._keep(user_id, _Unread(audiences, {}, NOTHING, NOTHING, time.monotonic()))
-        return 0
+    def _unread_by_census(
+        self, user_id: str, audiences: tuple[str, ...], shared: list[dict], now: float
+    ):
+        """The count of a user the census read nothing for, with no broadcast visible (which
+        broadcasts a user has read is not known here); else None."""
+        if self._had is None or user_id in self._had or shared or user_id in self._loading:
+            return None
+        personal: dict[str, float] = {}
+        if user_id in self._since:  # all of them here and unchanged, or read MongoDB
+            seq = self._census_seq
+            if seq is None or self.start is None or self.start > seq:
+                return None
+            if self._floor.get(user_id, 0) > seq:
+                return None
+            personal = {e[1]: e[3] for e in self._by_user.get(user_id, ()) if e[0] > seq}
+        self._keep(user_id, _Unread(audiences, personal, NOTHING, NOTHING, time.monotonic()))
+        return sum(1 for until in personal.values() if until > now)
 
     def _keep(self, user_id: str, state: _Unread) -> None:
         if len(self._unread) >= UNREAD_USERS_MAX:
@@ -290,7 +310,7 @@ class RecentFeed:
             "users": len(self._by_user),
             "bytes": self.bytes,
             "unread_users": len(self._unread),
-            "census_users": -1 if self._census is None else len(self._census),
+            "census_users": self.census_users,
             "start": self.start or 0,
         }
 
@@ -298,6 +318,9 @@ class RecentFeed:
         """Report this window's size in ``/metrics`` (read when scraped)."""
         METRICS.replay_window_bytes.set_function(lambda: self.bytes)
         METRICS.replay_window_entries.set_function(lambda: len(self._order))
-        METRICS.unread_census.set_function(
-            lambda: -1 if self._census is None else len(self._census)
-        )
+        METRICS.unread_census.set_function(lambda: self.census_users)
+
+    @property
+    def census_users(self) -> int:
+        """Users the census says may have unread notifications (-1: no census)."""
+        return -1 if self._had is None else len(self._had) + len(self._since)

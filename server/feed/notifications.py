@@ -215,7 +215,7 @@ class Notifications:
     async def census(self) -> None:
         """Count the users who may have unread notifications (``RecentFeed``'s census)."""
         recent, users = self.hub.recent, None
-        recent.begin_census()  # before any await: nothing dispatched from here is missed
+        recent.begin_census(self.hub.seq)  # before any await: nothing dispatched is missed
         try:
             users = await self.store.users_with_unread(utcnow(), CENSUS_MAX)
         except PyMongoError as exc:
