@@ -32,6 +32,7 @@ class Nodes:
     def __init__(self, uri: str, db: str, folder: Path, count: int, env: dict | None = None):
         self.uri, self.db, self.folder = uri, db, folder
         self.env = env or {}
+        self.program: tuple[str, ...] = ("run.py",)  # or ("-m", "tests.stall_step")
         self.ports = [free_port() for _ in range(count)]
         self.procs: list[subprocess.Popen | None] = [None] * count
 
@@ -52,7 +53,7 @@ class Nodes:
         }
         log = open(self.folder / f"node-{i}.log", "ab")  # noqa: SIM115 - the child keeps it
         self.procs[i] = subprocess.Popen(
-            [sys.executable, "run.py", "--port", str(self.ports[i])],
+            [sys.executable, *self.program, "--port", str(self.ports[i])],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,

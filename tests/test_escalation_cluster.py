@@ -10,60 +10,35 @@ alert ids are derived from the step), re-pushes, records ``escalated`` once and 
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 
 import pytest
 
 from server.app.store import connect
+from tests.nodes import make_key
 from tests.support import Api, Socket
-from tests.test_cluster import ROOT, Cluster, _make_key
+from tests.test_cluster import Cluster
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
 LEASE = 2.0
 
 
-class StallingCluster(Cluster):
-    """Three nodes of ``tests.stall_step`` with a short lease and a quick poll."""
-
-    def start_node(self, i: int) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}
-        env |= {
-            "MONGODB_URI": self.embedded.uri,
-            "NOTIFY_MONGODB_DB": self.db,
-            "NOTIFY_TOKEN_SECRET": "test-secret-0123456789-abcdefghij",
-            "NOTIFY_NODE_ID": f"node-{i}",
-            "NOTIFY_DATA_DIR": str(self.folder),
-            "NOTIFY_HEARTBEAT_SECONDS": "0.3",
-            "NOTIFY_NODE_TIMEOUT_SECONDS": "1.5",
-            "NOTIFY_SCHEDULE_LEASE_SECONDS": str(LEASE),
-            "NOTIFY_SCHEDULE_POLL_SECONDS": "0.2",
-            "NOTIFY_MONGODB_TIMEOUT_MS": "1000",
-            "NOTIFY_LOG_LEVEL": "WARNING",
-        }
-        log = open(self.folder / f"node-{i}.log", "ab")  # noqa: SIM115 - the child keeps it
-        self.procs[i] = subprocess.Popen(
-            [sys.executable, "-m", "tests.stall_step", "--port", str(self.ports[i])],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = StallingCluster(tmp_path_factory.mktemp("escalation-cluster"))
+    """Three nodes of ``tests.stall_step`` with a short lease and a quick poll."""
+    c = Cluster(tmp_path_factory.mktemp("escalation-cluster"))
+    c.program = ("-m", "tests.stall_step")
+    c.env |= {
+        "NOTIFY_HEARTBEAT_SECONDS": "0.3",
+        "NOTIFY_NODE_TIMEOUT_SECONDS": "1.5",
+        "NOTIFY_SCHEDULE_LEASE_SECONDS": str(LEASE),
+        "NOTIFY_SCHEDULE_POLL_SECONDS": "0.2",
+    }
     c.embedded.start()
     try:
-        for i in range(3):
-            c.start_node(i)
-        for i in range(3):
-            c.wait_ready(i)
-        c.key = asyncio.run(_make_key(c.embedded.uri, c.db))
+        c.start()
+        c.key = asyncio.run(make_key(c.uri, c.db))
         yield c
     finally:
         c.stop()
