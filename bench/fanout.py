@@ -15,6 +15,8 @@ and the floor both loops share, one ``send`` system call per socket, is measured
 from __future__ import annotations
 
 import json
+import os
+import selectors
 import socket
 import statistics
 import time
@@ -75,14 +77,18 @@ async def baseline_round(baseline: Baseline, clients: LoadClients, text: str) ->
     return answer["loop_seconds"], span, {"received": len(got), "full_gc": answer["full_gc"]}
 
 
-def send_floor(size: int, pairs: int = 2000) -> float:
+def send_floor(size: int, pairs: int = 2000, waiting: bool = False) -> float:
     """Seconds one non-blocking ``send`` of ``size`` bytes takes over loopback here: the
-    system call both loops make per socket, whatever else they do."""
+    system call both loops make per socket, whatever else they do.
+
+    ``waiting``: the receiving ends belong to another process blocked in ``epoll``, as the
+    load clients' are, so that a send also wakes a reader (information, not the target's
+    floor)."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(pairs)
     ends: list[socket.socket] = [listener]
-    senders = []
+    senders, receivers = [], []
     try:
         for _ in range(pairs):
             client = socket.create_connection(listener.getsockname())
@@ -90,14 +96,41 @@ def send_floor(size: int, pairs: int = 2000) -> float:
             server.setblocking(False)
             ends += [client, server]
             senders.append(server)
+            receivers.append(client)
         data = b"x" * size
+        child = os.fork() if waiting else None
+        if child == 0:  # the reader: waits in epoll, reads each socket's frame, leaves
+            try:
+                _read_all(receivers, size)
+            finally:
+                os._exit(0)
+        if waiting:
+            time.sleep(0.3)  # the reader is blocked in epoll now
         started = time.perf_counter()
         for sock in senders:
             sock.send(data)
-        return (time.perf_counter() - started) / pairs
+        took = (time.perf_counter() - started) / pairs
+        if child:
+            os.waitpid(child, 0)
+        return took
     finally:
         for sock in ends:
             sock.close()
+
+
+def _read_all(receivers: list[socket.socket], size: int) -> None:
+    selector = selectors.DefaultSelector()
+    for sock in receivers:
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ, [0])
+    left, deadline = len(receivers), time.monotonic() + 30
+    while left and time.monotonic() < deadline:
+        for key, _ in selector.select(1.0):
+            got = key.data
+            got[0] += len(key.fileobj.recv(65536))
+            if got[0] >= size:
+                selector.unregister(key.fileobj)
+                left -= 1
 
 
 async def run(opts: Options, out: Report) -> None:
@@ -151,6 +184,13 @@ async def run(opts: Options, out: Report) -> None:
     out.line(
         f"floor: one non-blocking send of the frame over loopback takes {floor * 1e6:.1f}us "
         f"here, {ms(floor * len(users))} for {len(users)} sockets, in both loops"
+    )
+    woken = send_floor(len(text.encode()), waiting=True)
+    out.line(
+        f"floor with the readers waiting in epoll in another process (each send wakes one; "
+        f"information, not the target's floor): {woken * 1e6:.1f}us a send, "
+        f"{ms(woken * len(users))} for {len(users)} sockets; service loop over it: "
+        f"{med[0] / (woken * len(users)):.2f}"
     )
     out.line(f"median ratio all_received service/baseline: "
              f"{statistics.median(r[1] / r[3] for r in rows):.2f}")  # fmt: skip
