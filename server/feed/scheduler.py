@@ -58,6 +58,26 @@ BATCH = 500
 Handler = Callable[[list[dict]], Awaitable[dict[str, int] | None]]
 
 
+def _entry(
+    kind: str, key: str, due_ms: int, payload: dict[str, Any], ref: str | None, now: datetime
+) -> dict:
+    """A pending queue entry (see ``ScheduledStore``)."""
+    entry = {
+        "_id": key,
+        "kind": kind,
+        "state": PENDING,
+        "claim_ms": due_ms,
+        "claimed_by": None,
+        "claim": None,
+        "attempts": 0,
+        "scheduled_at": now,
+        "payload": payload,
+    }
+    if ref is not None:
+        entry["ref"] = ref
+    return entry
+
+
 class ScheduledStore:
     """The ``scheduled`` collection: the due-work queue.
 
@@ -80,21 +100,8 @@ class ScheduledStore:
         self, kind: str, key: str, due_ms: int, payload: dict[str, Any], ref: str | None = None
     ) -> bool:
         """Enqueue one piece of work under its key; False if that key is already queued."""
-        entry = {
-            "_id": key,
-            "kind": kind,
-            "state": PENDING,
-            "claim_ms": due_ms,
-            "claimed_by": None,
-            "claim": None,
-            "attempts": 0,
-            "scheduled_at": utcnow(),
-            "payload": payload,
-        }
-        if ref is not None:
-            entry["ref"] = ref
         try:
-            await self.collection.insert_one(entry)
+            await self.collection.insert_one(_entry(kind, key, due_ms, payload, ref, utcnow()))
         except DuplicateKeyError:
             return False
         return True
@@ -105,22 +112,10 @@ class ScheduledStore:
         """Enqueue several ``(kind, key, due_ms, payload, ref)`` in one write; keys already
         queued are kept as they are."""
         now = utcnow()
-        docs = []
-        for kind, key, due_ms, payload, ref in entries:
-            doc = {
-                "_id": key,
-                "kind": kind,
-                "state": PENDING,
-                "claim_ms": due_ms,
-                "claimed_by": None,
-                "claim": None,
-                "attempts": 0,
-                "scheduled_at": now,
-                "payload": payload,
-            }
-            if ref is not None:
-                doc["ref"] = ref
-            docs.append(doc)
+        docs = [
+            _entry(kind, key, due_ms, payload, ref, now)
+            for kind, key, due_ms, payload, ref in entries
+        ]
         try:
             await self.collection.insert_many(docs, ordered=False)
         except BulkWriteError as exc:
