@@ -35,6 +35,9 @@ class Settings:
     bus_poll_seconds: float = setting(
         0.025, "pause after an empty change-stream poll answered at once (the embedded server)"
     )
+    bus_poll_max_seconds: float = setting(
+        0.2, "the longest that pause grows to while nothing comes (the embedded server)"
+    )
     mongodb_uri: str = setting("", "MongoDB URI; empty starts the embedded server", "MONGODB_URI")
     mongodb_db: str = setting("notify", "database name")
     data_dir: str = setting("./data", "folder of the embedded database and the dev token secret")

@@ -78,15 +78,22 @@ def mongo_uri(tmp_path_factory):
     embedded.stop()
 
 
+@pytest.fixture(scope="session")
+def mongo_admin(mongo_uri):
+    """One synchronous client for the fixtures' own housekeeping (a new one per test cost a
+    connection and its monitor threads each time)."""
+    with MongoClient(mongo_uri, serverSelectionTimeoutMS=5000, socketTimeoutMS=20000) as client:
+        yield client
+
+
 @pytest.fixture
-def db_name(mongo_uri):
+def db_name(mongo_admin):
     name = f"t_{uuid.uuid4().hex[:12]}"
     yield name
     # The embedded server keeps at most 100 databases open and will not evict one a change
     # stream has touched, so past 100 tests it closed the running test's own database.
     # Dropping each test's database (after its nodes stopped) keeps a whole run under that.
-    with MongoClient(mongo_uri, serverSelectionTimeoutMS=5000, socketTimeoutMS=20000) as client:
-        client.drop_database(name)
+    mongo_admin.drop_database(name)
 
 
 @pytest.fixture

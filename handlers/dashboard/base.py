@@ -56,8 +56,13 @@ def app_settings(node: Node) -> dict[str, Any]:
     }
 
 
+@functools.cache
 def environment(path: Path) -> Environment:
-    """The Jinja environment: autoescape on for every template."""
+    """The Jinja environment: autoescape on for every template.
+
+    One per process: it holds nothing of a node's, and compiling the templates again for
+    every node (tests start hundreds) cost more than the rest of a dashboard page.
+    """
     env = Environment(
         loader=FileSystemLoader(str(path)),
         autoescape=select_autoescape(default=True, default_for_string=True),

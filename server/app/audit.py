@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from bson import ObjectId
-from pymongo import DESCENDING
+from pymongo import DESCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, PyMongoError
 
@@ -49,10 +49,14 @@ class Audit:
 
     async def create_indexes(self) -> None:
         """The TTL and lookup indexes."""
-        await self.collection.create_index("purge_at", expireAfterSeconds=0, name="purge_ttl")
         # Not (at_ms, _id): the embedded server refuses every insert into a collection with
         # _id inside another index.
-        await self.collection.create_index([("at_ms", DESCENDING)], name="at_ms")
+        await self.collection.create_indexes(
+            [
+                IndexModel("purge_at", expireAfterSeconds=0, name="purge_ttl"),
+                IndexModel([("at_ms", DESCENDING)], name="at_ms"),
+            ]
+        )
 
     def entry(self, actor: str, action: str, target: str, detail: dict[str, Any]) -> dict:
         """The stored form of one entry (kept until its ``purge_at``)."""

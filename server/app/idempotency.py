@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING
+from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -78,10 +78,12 @@ class Idempotency:
 
     async def create_indexes(self) -> None:
         """One record per API key and idempotency key; gone a day later."""
-        await self.collection.create_index(
-            [("key_id", ASCENDING), ("key", ASCENDING)], unique=True, name="key"
+        await self.collection.create_indexes(
+            [
+                IndexModel([("key_id", ASCENDING), ("key", ASCENDING)], unique=True, name="key"),
+                IndexModel("expires_at", expireAfterSeconds=0, name="expires_at"),
+            ]
         )
-        await self.collection.create_index("expires_at", expireAfterSeconds=0, name="expires_at")
 
     async def begin(self, key_id: str, key: str, digest: str) -> Claim | Replay:
         """Hold the key for this request, or the first answer; 409 or 422 as the contract says."""

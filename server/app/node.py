@@ -102,6 +102,7 @@ class Node:
             node_id,
             watch=watch,
             poll=settings.bus_poll_seconds,
+            poll_max=settings.bus_poll_max_seconds,
             own_notifications=not settings.direct_delivery,
         )
         # Direct delivery hands this node's own writes to its hub at once; without it they

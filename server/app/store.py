@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from server.app.errors import StorageUnavailable
@@ -63,18 +63,30 @@ class Store:
 
     async def create_indexes(self) -> None:
         """Create every index; safe when several nodes start at once (same spec is a no-op)."""
-        n = self.notifications
-        await n.create_index([("seq", ASCENDING)], unique=True, name="seq")
-        await n.create_index([("user_id", ASCENDING), ("seq", DESCENDING)], name="user_seq")
-        await n.create_index([("audience", ASCENDING), ("seq", DESCENDING)], name="audience_seq")
-        await n.create_index([("user_id", ASCENDING), ("read_at", ASCENDING)], name="user_unread")
-        await n.create_index("purge_at", expireAfterSeconds=0, name="purge_ttl")
-        await n.create_index(
-            [("ack_required", ASCENDING), ("acknowledged_at", ASCENDING), ("seq", DESCENDING)],
-            name="ack_pending",
+        # One command per collection: a node (and every test) starts with a round trip each.
+        await self.notifications.create_indexes(
+            [
+                IndexModel([("seq", ASCENDING)], unique=True, name="seq"),
+                IndexModel([("user_id", ASCENDING), ("seq", DESCENDING)], name="user_seq"),
+                IndexModel([("audience", ASCENDING), ("seq", DESCENDING)], name="audience_seq"),
+                IndexModel([("user_id", ASCENDING), ("read_at", ASCENDING)], name="user_unread"),
+                IndexModel("purge_at", expireAfterSeconds=0, name="purge_ttl"),
+                IndexModel(
+                    [
+                        ("ack_required", ASCENDING),
+                        ("acknowledged_at", ASCENDING),
+                        ("seq", DESCENDING),
+                    ],
+                    name="ack_pending",
+                ),
+            ]
         )
-        await self.reads.create_index([("user_id", ASCENDING)], name="user")
-        await self.reads.create_index("purge_at", expireAfterSeconds=0, name="purge_ttl")
+        await self.reads.create_indexes(
+            [
+                IndexModel([("user_id", ASCENDING)], name="user"),
+                IndexModel("purge_at", expireAfterSeconds=0, name="purge_ttl"),
+            ]
+        )
         await self.api_keys.create_index("hash", unique=True, name="hash")
         await self.events.create_index("at", expireAfterSeconds=3600, name="at_ttl")
 

@@ -40,6 +40,7 @@ class UserRecords:
         # user id -> (roles, monotonic time) of the last write queued for it
         self._remembered: dict[str, tuple[tuple[str, ...], float]] = {}
         self._wake = asyncio.Event()
+        self._halt = asyncio.Event()  # cuts the gathering delay short when stopping
         self._task: asyncio.Task | None = None
         self._stopping = False
 
@@ -70,6 +71,7 @@ class UserRecords:
     async def stop(self) -> None:
         """Stop the writer, then write what is still queued (briefly)."""
         self._stopping = True
+        self._halt.set()
         self._wake.set()
         # The driver can swallow a cancellation that lands mid-write and the task then goes
         # on: it ends by itself at the flag, and is cancelled again until it has ended.
@@ -83,7 +85,9 @@ class UserRecords:
     async def _run(self) -> None:
         while not self._stopping:
             await self._wake.wait()
-            await asyncio.sleep(self.delay)  # let a wave of connects gather into one write
+            # Let a wave of connects gather into one write (a node stopping need not wait).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._halt.wait(), self.delay)
             self._wake.clear()
             try:
                 await self.flush()

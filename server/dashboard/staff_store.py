@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -31,8 +31,12 @@ class StaffStore:
 
     async def create_indexes(self) -> None:
         """Session expiry and lookups; read counts per broadcast for the history page."""
-        await self.sessions.create_index("expires_at", expireAfterSeconds=0, name="expiry_ttl")
-        await self.sessions.create_index([("username", ASCENDING)], name="username")
+        await self.sessions.create_indexes(
+            [
+                IndexModel("expires_at", expireAfterSeconds=0, name="expiry_ttl"),
+                IndexModel([("username", ASCENDING)], name="username"),
+            ]
+        )
         await self.reads.create_index([("notification_id", ASCENDING)], name="notification")
 
     # ---- accounts ----------------------------------------------------------------------

@@ -11,9 +11,10 @@ read events by time. Every break is logged with how long it lasted and what was 
 and counted (``notify_bus_gaps``, ``notify_bus_gap_items``).
 
 The embedded server answers a change stream's getMore at once instead of waiting up to
-``maxAwaitTimeMS`` for an event; after an empty answer that quick the bus pauses
-``poll`` seconds, so that an idle node does not spin. A real MongoDB waits server-side and
-gets no pause.
+``maxAwaitTimeMS`` for an event; after an empty answer that quick the bus pauses ``poll``
+seconds, doubling while nothing comes up to ``poll_max`` and back to ``poll`` at the first
+event, so that an idle node does not spin and a busy one hears the next event within
+``poll``. A real MongoDB waits server-side and gets no pause.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class Bus:
         node_id: str,
         watch: bool = True,
         poll: float = 0.025,
+        poll_max: float = 0.2,
         own_notifications: bool = True,
     ):
         # ``own_notifications`` False: this node's own inserts reach its hub directly (the
@@ -78,6 +80,7 @@ class Bus:
         self.node_id = node_id
         self.watch = watch
         self.poll = poll
+        self.poll_max = max(poll, poll_max)
         self.tokens: dict[str, dict | None] = {"notifications": None, "events": None}
         self._tasks: list[asyncio.Task] = []
         self._streams: dict[str, object] = {}
@@ -190,6 +193,7 @@ class Bus:
         """Handle events until the stream closes; remember the last one handled."""
         loop = asyncio.get_running_loop()
         cursor = _cursor_of(stream)
+        pause = self.poll
         while stream.alive and not self._stopping:
             asked = loop.time()
             change = await stream.try_next()
@@ -207,8 +211,10 @@ class Bus:
                 if stream.resume_token is not None:  # past events the filter skipped
                     self.tokens[collection] = stream.resume_token
                 if loop.time() - asked < QUICK_ANSWER:
-                    await asyncio.sleep(self.poll)
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, self.poll_max)
                 continue
+            pause = self.poll
             if collection == "notifications":  # more may be queued behind this one
                 self.hub.current = False
             await handle(change.get("fullDocument") or {})

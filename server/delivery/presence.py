@@ -24,7 +24,7 @@ import socket
 import time
 from datetime import datetime
 
-from pymongo import ASCENDING, DeleteOne, UpdateOne
+from pymongo import ASCENDING, DeleteOne, IndexModel, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
@@ -73,9 +73,13 @@ class ClusterPresence:
 
     async def create_indexes(self) -> None:
         """Indexes of the presence documents (the node registry is a handful of documents)."""
-        await self.docs.create_index([("user_id", ASCENDING)], name="user")
-        await self.docs.create_index([("owner", ASCENDING)], name="owner")
-        await self.docs.create_index([("node_id", ASCENDING)], name="node")
+        await self.docs.create_indexes(
+            [
+                IndexModel([("user_id", ASCENDING)], name="user"),
+                IndexModel([("owner", ASCENDING)], name="owner"),
+                IndexModel([("node_id", ASCENDING)], name="node"),
+            ]
+        )
 
     async def start(self, started_at: datetime) -> None:
         """Drop what an earlier run under this node id left, register, start heartbeating."""

@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING
+from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
@@ -93,8 +93,12 @@ class ScheduledStore:
 
     async def create_indexes(self) -> None:
         """The due-time index the claim and the sleep both use."""
-        await self.collection.create_index([("claim_ms", ASCENDING)], name="claim_ms")
-        await self.collection.create_index([("ref", ASCENDING)], name="ref", sparse=True)
+        await self.collection.create_indexes(
+            [
+                IndexModel([("claim_ms", ASCENDING)], name="claim_ms"),
+                IndexModel([("ref", ASCENDING)], name="ref", sparse=True),
+            ]
+        )
 
     async def put(
         self, kind: str, key: str, due_ms: int, payload: dict[str, Any], ref: str | None = None

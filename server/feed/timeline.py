@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING
+from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -56,10 +56,14 @@ class Timeline:
     async def create_indexes(self) -> None:
         """One notification's events in order; entries leave with the retention period."""
         # Not (…, _id): the embedded server cannot build an index with _id in it.
-        await self.collection.create_index(
-            [("notification_id", ASCENDING), ("at", ASCENDING)], name="by_notification"
+        await self.collection.create_indexes(
+            [
+                IndexModel(
+                    [("notification_id", ASCENDING), ("at", ASCENDING)], name="by_notification"
+                ),
+                IndexModel("purge_at", expireAfterSeconds=0, name="purge_at"),
+            ]
         )
-        await self.collection.create_index("purge_at", expireAfterSeconds=0, name="purge_at")
 
     async def record(
         self,

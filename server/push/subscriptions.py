@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -43,8 +43,12 @@ class Subscriptions:
 
     async def create_indexes(self) -> None:
         """By user (sending, listing) and by role (broadcasts)."""
-        await self.collection.create_index([("user_id", ASCENDING)], name="user")
-        await self.collection.create_index([("roles", ASCENDING)], name="roles")
+        await self.collection.create_indexes(
+            [
+                IndexModel([("user_id", ASCENDING)], name="user"),
+                IndexModel([("roles", ASCENDING)], name="roles"),
+            ]
+        )
 
     async def count(self, user_id: str) -> int:
         """How many devices a user has subscribed."""

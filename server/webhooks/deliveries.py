@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timedelta
 
-from pymongo import DESCENDING
+from pymongo import DESCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -35,13 +35,16 @@ class Deliveries:
 
     async def create_indexes(self) -> None:
         """An endpoint's deliveries newest first (by status too); TTL on ``purge_at``."""
-        await self.collection.create_index(
-            [("endpoint_id", 1), ("created_at", DESCENDING)], name="by_endpoint"
+        await self.collection.create_indexes(
+            [
+                IndexModel([("endpoint_id", 1), ("created_at", DESCENDING)], name="by_endpoint"),
+                IndexModel(
+                    [("endpoint_id", 1), ("status", 1), ("created_at", DESCENDING)],
+                    name="by_status",
+                ),
+                IndexModel("purge_at", expireAfterSeconds=0, name="purge_at"),
+            ]
         )
-        await self.collection.create_index(
-            [("endpoint_id", 1), ("status", 1), ("created_at", DESCENDING)], name="by_status"
-        )
-        await self.collection.create_index("purge_at", expireAfterSeconds=0, name="purge_at")
 
     async def add(
         self, did: str, endpoint_id: str, kind: str, notification_id: str, body: str
