@@ -35,10 +35,8 @@ async def push_until_shown(page, cdp, origin: str, registration_id: str, data: s
     tag, so a repeat replaces it and the tests still see exactly one (a payload without an id
     has no tag: a late first one and its repeat would be two, and fail the test).
     """
-    deadline, message = (
-        time.monotonic() + WAIT,
-        {"origin": origin, "registrationId": registration_id, "data": data},
-    )
+    message = {"origin": origin, "registrationId": registration_id, "data": data}
+    deadline = time.monotonic() + WAIT
     while True:
         await cdp.send("ServiceWorker.deliverPushMessage", message)
         again = min(time.monotonic() + REPEAT, deadline)
