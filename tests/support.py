@@ -85,9 +85,12 @@ async def stop_node(running: Running, timeout: float = 60.0) -> None:
 
 
 async def serve_node(settings: Settings, uri: str, **kw: Any) -> Running:
-    """Start a node on a free loopback port and wait until its bus follows MongoDB."""
+    """Start a node on a free loopback port and wait until its bus follows MongoDB and has
+    heard its stream out once (until then it answers replays and unread counts from MongoDB,
+    not memory: on a loaded machine a test's first connect could come before)."""
     running = await start_node(settings, uri, **kw)
     await asyncio.wait_for(running.node.bus.ready.wait(), WAIT)
+    await wait_for(lambda: running.node.hub.current, interval=0.005, what="its stream heard out")
     return running
 
 

@@ -392,6 +392,7 @@ async def test_a_user_the_census_rules_out_connects_with_no_read_of_their_notifi
         census = lambda: later.node.hub.recent.stats()["census_users"]  # noqa: E731
         await wait_for(lambda: census() >= 0, what="the second node's census")
         assert census() == 1  # p-old
+        heard_out = lambda: later.node.hub.current  # noqa: E731
         commands.finds.clear()
         sock = await Socket.open(later.url, await api.token("p-new"))
         assert (await sock.expect("welcome"))["unread_count"] == 0
@@ -404,6 +405,9 @@ async def test_a_user_the_census_rules_out_connects_with_no_read_of_their_notifi
         for user in ("p-new", "p-moved"):  # p-moved: never seen by this node
             made = await api.notify(user, "after the census")
         await wait_for(lambda: later.node.hub.seq >= int(made["cursor"]))
+        # Memory answers only a node that has heard out its stream (on a loaded machine a
+        # connect came first, and read MongoDB, as it should).
+        await wait_for(heard_out, what="the second node to hear out its stream again")
         commands.finds.clear()
         for user in ("p-new", "p-moved"):  # what they got since the census is in the window
             sock = await Socket.open(later.url, await api.token(user))
