@@ -48,10 +48,18 @@ class Flood:
     refusal: HTTPResponse | None
 
     def met(self, rate: float, burst: int) -> None:
-        """The limit (rate, burst) refused this flood within one second's worth of it."""
+        """The limit (rate, burst) refused this flood as soon as the bucket allowed.
+
+        Counted against the time the flood took, not the machine's pace: on a quiet machine a
+        flood meets the default limits well within a second (the time is printed); a loaded
+        machine only sends it slower, and the bucket refills meanwhile (capping the time at a
+        second failed 1 of 5 loaded runs: 91 answers in 1.8 s). With at most burst + rate
+        * t answers by time t, a client sending burst + rate a second or faster is refused
+        within the second.
+        """
         assert self.refusal is not None, f"no 429 after {self.allowed} requests"
         print(f"first 429 after {self.allowed} answers, {self.seconds * 1000:.0f} ms")
-        assert self.allowed <= burst + rate * min(self.seconds, 1.0) + IN_FLIGHT
+        assert self.allowed <= burst + rate * self.seconds + IN_FLIGHT
         assert int(self.refusal.headers["Retry-After"]) >= 1
         error = json.loads(self.refusal.body)
         assert error["success"] is False and error["error"]["code"] == "rate_limited"
