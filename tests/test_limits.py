@@ -147,13 +147,18 @@ async def test_bad_keys_from_one_address_meet_its_limit_within_a_second(node, ap
 
     (await flood(bad_keys)).met(DEFAULTS.rate_rest_ip, DEFAULTS.rate_rest_ip_burst)
 
-    async def right_after_a_flood(fresh: Callable[[], Awaitable[Callable]]) -> int:
+    unseen = object()  # a valid key, created for each try: never seen valid
+
+    async def right_after_a_flood(credential, path: str = "/v1/users/p-1/unread-count") -> int:
         # Sent while the flood goes on, so that what the bucket refills meanwhile goes to
         # the flood (on a loaded machine a call sent after it met a refilled bucket); it
-        # can still win a refilled token now and then, hence a few tries, each with a fresh
-        # request (a new key that won one is seen valid from then on: it would pass them all).
+        # can still win a refilled token now and then, hence a few tries (each with a new
+        # key: one that won a token is seen valid from then on, and would pass them all).
         for _ in range(5):
-            send = await fresh()
+            key = credential
+            if credential is unseen:
+                key, _ = await node.node.api_keys.create("new", ALL_SCOPES)
+            send = request(node, path, key)
             stop, refused = asyncio.Event(), asyncio.Event()
 
             async def worker(stop=stop, refused=refused) -> None:
@@ -172,21 +177,9 @@ async def test_bad_keys_from_one_address_meet_its_limit_within_a_second(node, ap
                 break
         return code
 
-    def same(send: Callable) -> Callable[[], Awaitable[Callable]]:
-        async def again() -> Callable:
-            return send
-
-        return again
-
-    async def unseen_key() -> Callable:
-        new, _ = await node.node.api_keys.create("new", ALL_SCOPES)  # never seen valid
-        return request(node, "/v1/users/p-1/unread-count", new)
-
-    for credential in (None, "eyJ.bad.token", "nk_still-not-a-key"):
-        send = request(node, "/v1/users/p-1/unread-count", credential)
-        assert await right_after_a_flood(same(send)) == 429, credential
-    assert await right_after_a_flood(unseen_key) == 429, "a valid key never seen valid"
-    assert await right_after_a_flood(same(request(node, "/healthz"))) == 429
+    for credential in (None, "eyJ.bad.token", "nk_still-not-a-key", unseen):
+        assert await right_after_a_flood(credential) == 429, credential
+    assert await right_after_a_flood(None, "/healthz") == 429
     # The clinic behind this address keeps working with its valid credentials.
     node.node.api_keys.forget()  # its cache entry lapsed: it is looked up again, and passes
     for credential in (api_key, token):
